@@ -1,0 +1,234 @@
+"""The LLM backend: llama.cpp through llama-cpp-python's low-level API.
+
+One llama.cpp sequence per stream; each step feeds one token to every active stream in a
+single ``llama_decode`` and returns their logits as one numpy array. Each sequence keeps a
+bounded KV window: when full, the oldest tokens after a few "sink" tokens are dropped and
+the rest shifted in place (never re-evaluated). Keeping the sinks matters: dropping from
+position 0 ruins prediction (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NaczError
+
+NAME = "llama.cpp"
+FLASH_ATTN_DISABLED = 0  # fixed, not "auto": the choice changes logits
+PROBE_TEXT = b"nacz backend fingerprint: The quick brown fox jumps over the lazy dog. 0123456789"
+
+_init_lock = threading.Lock()
+_initialised = False
+_verbose = 99  # lowest ggml log level shown (99: none)
+_last_shown = False
+_log_callback = None  # keep the ctypes callback alive for the process lifetime
+
+
+def _lib():
+    try:
+        import llama_cpp
+    except ImportError as e:  # pragma: no cover - install problem
+        raise NaczError(f"llama-cpp-python is not installed: {e}") from None
+    return llama_cpp
+
+
+def version() -> str:
+    return _lib().__version__
+
+
+def system_info() -> str:
+    """llama.cpp's own summary of the CPU features it was built for and detects."""
+    _ensure_init()
+    return _lib().llama_print_system_info().decode(errors="replace").strip()
+
+
+def cpu_features() -> str:
+    """The features llama.cpp reports as enabled, comma-separated (e.g. "AVX2,FMA")."""
+    feats = []
+    for item in system_info().split("|"):
+        name, _, value = item.rpartition("=")
+        name = name.split(":")[-1].strip()
+        if name and value.strip() not in ("", "0"):
+            feats.append(name)
+    return ",".join(feats)
+
+
+# ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
+_LEVEL_SHOWN = {0: 99, 1: 3, 2: 1}
+
+
+def set_verbose(level: int) -> None:
+    """0: llama.cpp says nothing; 1: its warnings and errors; 2: everything."""
+    global _verbose
+    _verbose = _LEVEL_SHOWN[min(max(level, 0), 2)]
+
+
+def _ensure_init() -> None:
+    """Initialise llama.cpp once, routing its log through a filter (silent unless -v)."""
+    global _initialised, _log_callback
+    with _init_lock:
+        if _initialised:
+            return
+        lib = _lib()
+
+        def _log(level, text, user_data):  # noqa: ARG001 - ctypes signature
+            global _last_shown
+            show = _last_shown if level == 5 else level >= _verbose
+            _last_shown = show
+            if show and text:
+                sys.stderr.write(text.decode(errors="replace"))
+
+        _log_callback = lib.llama_log_callback(_log)
+        lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lib.llama_backend_init()
+        _initialised = True
+
+
+class LlamaModel:
+    """A loaded GGUF file: its vocabulary always, its weights unless ``vocab_only``."""
+
+    def __init__(self, path: Path, vocab_only: bool = False):
+        _ensure_init()
+        lib = _lib()
+        self.path = Path(path)
+        self.vocab_only = vocab_only
+        params = lib.llama_model_default_params()
+        params.vocab_only = vocab_only
+        params.n_gpu_layers = 0
+        self._model = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+        if not self._model:
+            raise NaczError(f"cannot load model {self.path} (not a GGUF file llama.cpp accepts)")
+        self.vocab = lib.llama_model_get_vocab(self._model)
+        self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab))
+        bos = int(lib.llama_vocab_bos(self.vocab))
+        self.start_token = bos if bos >= 0 else int(lib.llama_vocab_eos(self.vocab))
+        if not 0 <= self.start_token < self.vocab_size:
+            raise NaczError(f"model {self.path.name} has neither a BOS nor an EOS token")
+
+    def __del__(self):
+        model = getattr(self, "_model", None)
+        if model:
+            try:
+                _lib().llama_model_free(model)
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+            self._model = None
+
+    @property
+    def handle(self):
+        return self._model
+
+
+class LlamaBackend:
+    """Batched multi-sequence next-token logits with a per-stream sliding KV window."""
+
+    name = NAME
+
+    def __init__(self, model: LlamaModel, window: int, slide: int, sinks: int, threads: int):
+        if model.vocab_only:
+            raise ValueError("the LLM backend needs the model's weights")
+        if not 0 < slide <= window - sinks - 1 or sinks < 1:
+            raise ValueError("need 1 <= sinks and 0 < slide < window - sinks")
+        self.model = model
+        self.vocab_size = model.vocab_size
+        self.window, self.slide, self.sinks = window, slide, sinks
+        self.threads = max(1, threads)
+        self._ctx = None
+        self._batch = None
+        self._n_streams = 0
+
+    # -- context lifetime -------------------------------------------------------------
+    def _free(self) -> None:
+        lib = _lib()
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self):
+        try:
+            self._free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def reset(self, n_streams: int) -> None:
+        """A fresh context with one sequence (and ``window`` KV cells) per stream."""
+        lib = _lib()
+        self._free()
+        n_streams = max(1, n_streams)
+        p = lib.llama_context_default_params()
+        p.n_seq_max = n_streams
+        p.n_ctx = n_streams * self.window
+        p.n_batch = p.n_ubatch = max(8, n_streams)
+        p.n_threads = p.n_threads_batch = self.threads
+        p.kv_unified = False
+        p.flash_attn_type = FLASH_ATTN_DISABLED
+        p.no_perf = True
+        self._ctx = lib.llama_init_from_model(self.model.handle, p)
+        if not self._ctx:
+            raise NaczError("llama.cpp could not create a context (out of memory?)")
+        if lib.llama_n_ctx(self._ctx) < p.n_ctx:
+            raise NaczError("llama.cpp gave a smaller context than asked for")
+        self._mem = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(n_streams, 0, 1)
+        b = self._batch
+        for i in range(n_streams):  # batch row i always belongs to stream i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = i
+            b.logits[i] = 1
+        self._tok = np.ctypeslib.as_array(b.token, shape=(n_streams,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(n_streams,))
+        self._n_streams = n_streams
+        self._n_past = 0  # all active streams are at the same position (lockstep)
+        self._logits = np.empty((n_streams, self.vocab_size), dtype=np.float32)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed ``tokens[i]`` to stream i (i < A); return the (A, V) logits that follow."""
+        lib = _lib()
+        active = len(tokens)
+        if not 0 < active <= self._n_streams:
+            raise ValueError("bad number of active streams")
+        if self._n_past >= self.window:
+            self._slide(active)
+        self._tok[:active] = tokens
+        self._pos[:active] = self._n_past
+        self._batch.n_tokens = active
+        rc = lib.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise NaczError(f"llama_decode failed (code {rc})")
+        self._n_past += 1
+        ptr = lib.llama_get_logits(self._ctx)
+        out = self._logits[:active]
+        out[...] = np.ctypeslib.as_array(ptr, shape=(active, self.vocab_size))
+        return out
+
+    def _slide(self, active: int) -> None:
+        """Drop ``slide`` tokens after the sinks from every active stream; shift the rest."""
+        lib = _lib()
+        lo, hi = self.sinks, self.sinks + self.slide
+        for s in range(active):
+            if not lib.llama_memory_seq_rm(self._mem, s, lo, hi):
+                raise NaczError("llama.cpp refused to remove KV cells")
+            lib.llama_memory_seq_add(self._mem, s, hi, -1, -self.slide)
+        self._n_past -= self.slide
+
+    # -- fingerprint --------------------------------------------------------------------
+    def probe(self, probe_tokens: np.ndarray) -> np.ndarray:
+        """Logits after each token of a fixed probe, fed one at a time to one stream.
+        Their exact bits differ when this build or CPU computes the model differently."""
+        self.reset(1)
+        rows = []
+        prev = self.model.start_token
+        for tok in probe_tokens.tolist():
+            rows.append(self.step(np.array([prev], dtype=np.int32)).copy())
+            prev = tok
+        self._free()
+        return np.concatenate(rows)

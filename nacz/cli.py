@@ -1,0 +1,342 @@
+"""The ``nacz`` command line: gzip/xz/zstd manners over the library in ``codec``.
+
+Exit codes: 0 success; 1 error (including usage errors); 2 warning (a file was skipped,
+e.g. unknown suffix); 130 interrupted by SIGINT, 143 by SIGTERM. With several files,
+nacz continues past a failing one and exits with the most severe code (1 beats 2).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import NaczError
+
+SUFFIX = ".nc"
+EXIT_OK, EXIT_ERROR, EXIT_WARNING = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so output cleanup runs as for Ctrl-C."""
+
+
+@dataclass
+class Settings:
+    stdout: bool
+    output: str | None
+    force: bool
+    remove: bool
+    quiet: bool
+    verbose: int
+    threads: int
+    model: str | None
+    streams: int | None = None
+    window: int | None = None
+
+
+def _err(msg: str) -> None:
+    click.echo(f"nacz: {msg}", err=True)
+
+
+class _Status:
+    """Worst exit status over several files: an error beats a warning beats success."""
+
+    def __init__(self):
+        self.code = EXIT_OK
+
+    def error(self, name: str, msg: str) -> None:
+        _err(f"{name}: {msg}")
+        self.code = EXIT_ERROR
+
+    def warn(self, name: str, msg: str) -> None:
+        _err(f"{name}: {msg}")
+        if self.code == EXIT_OK:
+            self.code = EXIT_WARNING
+
+
+class _Progress:
+    """Bytes done, speed and ETA on stderr, only when stderr is a terminal."""
+
+    def __init__(self, name: str, total: int, enabled: bool):
+        self.name, self.total, self.enabled = name, total, enabled and sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.25:
+            return
+        self.last = now
+        done = int(self.total * fraction)
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate > 0 else 0
+        sys.stderr.write(f"\r{self.name}: {fraction:6.1%}  {done // 1024} KiB  "
+                         f"{rate / 1024:.2f} KiB/s  ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _options(s: Settings, progress=None):
+    from .codec import Options
+
+    kw = {"model": s.model, "threads": s.threads, "progress": progress}
+    if s.streams is not None:
+        kw["streams"] = s.streams
+    if s.window is not None:
+        kw["window"] = s.window
+        kw["slide"] = s.window // 2
+    return Options(**kw)
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    with open(name, "rb") as f:
+        return f.read()
+
+
+def _write_output(data: bytes, dest: str | None, src: str, s: Settings) -> None:
+    """``dest`` None means standard output; a file is written atomically."""
+    from .fileio import atomic_write, copy_metadata
+
+    if dest is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    with atomic_write(Path(dest), overwrite=s.force) as f:
+        f.write(data)
+    if src != "-":
+        copy_metadata(Path(src), Path(dest))
+
+
+def _input_ok(name: str, status: _Status) -> bool:
+    if name == "-":
+        return True
+    p = Path(name)
+    if not p.exists():
+        status.error(name, "no such file")
+    elif p.is_dir():
+        status.warn(name, "is a directory -- ignored")
+    elif not p.is_file():
+        status.warn(name, "not a regular file -- ignored")
+    else:
+        return True
+    return False
+
+
+def _plan(name: str, s: Settings, mode: str, status: _Status):
+    """Where one input's output goes: a path, None for stdout (or nowhere, when testing),
+    or False to skip this input."""
+    if not _input_ok(name, status):
+        return False
+    p = Path(name)
+    if mode == "test":
+        return None
+    if name == "-":
+        return s.output or None
+    if s.stdout:
+        return None
+    if s.output:
+        return s.output
+    if mode == "decompress":
+        if not name.endswith(SUFFIX) or len(p.name) <= len(SUFFIX):
+            status.warn(name, f"unknown suffix (expected {SUFFIX}) -- ignored")
+            return False
+        return name[:-len(SUFFIX)]
+    if name.endswith(SUFFIX) and not s.force:
+        status.warn(name, f"already has {SUFFIX} suffix -- ignored")
+        return False
+    return name + SUFFIX
+
+
+def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
+    from . import codec
+    from .backends import llama
+
+    llama.set_verbose(max(0, s.verbose - 1))
+    status = _Status()
+    names = list(files) or ["-"]
+    if s.output and len(names) > 1:
+        raise click.UsageError("-o/--output takes a single input file")
+    decompressing = mode in ("decompress", "test")
+    for name in names:
+        label = "(stdin)" if name == "-" else name
+        dest = _plan(name, s, mode, status)
+        if dest is False:
+            continue
+        if name == "-" and decompressing and sys.stdin.isatty():
+            status.error(label, "compressed data cannot be read from a terminal")
+            continue
+        if mode == "compress" and dest is None and sys.stdout.isatty() and not s.force:
+            status.error(label, "compressed data not written to a terminal (use -f to force)")
+            continue
+        if dest is not None and mode != "test" and not s.force and os.path.lexists(dest):
+            status.error(name, f"{dest} already exists; use -f to overwrite")
+            continue
+        started = time.monotonic()
+        progress = None
+        try:
+            data = _read_input(name)
+            progress = _Progress(label, len(data), not s.quiet)
+            if mode == "compress":
+                result = codec.compress(data, _options(s, progress))
+            else:
+                result = codec.decompress(data, _options(s, progress))
+            progress.clear()
+            if mode != "test":
+                _write_output(result, dest, name, s)
+        except NaczError as e:
+            if progress:
+                progress.clear()
+            status.error(label, str(e))
+            continue
+        except OSError as e:
+            if progress:
+                progress.clear()
+            status.error(label, e.strerror or str(e))
+            continue
+        except Exception as e:  # noqa: BLE001 - a bug must still be one line, exit 1
+            if progress:
+                progress.clear()
+            if s.verbose:
+                traceback.print_exc()
+            status.error(label, f"internal error: {type(e).__name__}: {e}")
+            continue
+        if s.remove and name != "-" and dest is not None and mode != "test":
+            os.unlink(name)
+        if s.verbose:
+            _summary(label, mode, data, result, time.monotonic() - started)
+    return status.code
+
+
+def _summary(label: str, mode: str, data: bytes, result: bytes, seconds: float) -> None:
+    orig, comp = (data, result) if mode == "compress" else (result, data)
+    bpb = 8 * len(comp) / len(orig) if orig else 0.0
+    rate = len(orig) / 1024 / seconds if seconds > 0 else 0.0
+    verdict = "OK" if mode == "test" else f"{len(data)} -> {len(result)} bytes"
+    _err(f"{label}: {verdict} ({bpb:.3f} bits/byte, {seconds:.1f} s, {rate:.2f} KiB/s)")
+
+
+def _common(f):
+    decorators = [
+        click.argument("files", nargs=-1, type=click.Path(allow_dash=True)),
+        click.option("-c", "--stdout", "stdout", is_flag=True,
+                     help="Write to standard output; keep input files."),
+        click.option("-o", "--output", metavar="FILE", help="Write to FILE (one input only)."),
+        click.option("-f", "--force", is_flag=True,
+                     help="Overwrite existing outputs; allow compressed data on a terminal."),
+        click.option("--rm", "remove", is_flag=True,
+                     help="Delete the input after the output is complete."),
+        click.option("-k", "--keep", is_flag=True, hidden=True,
+                     help="Keep input files (the default)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress, no warnings' details."),
+        click.option("-v", "--verbose", count=True,
+                     help="Summaries; -vv adds llama.cpp's warnings, -vvv its whole log."),
+        click.option("-T", "--threads", type=click.IntRange(min=0), default=0,
+                     show_default=True, help="CPU threads for the LLM (0 = all cores)."),
+        click.option("--model", metavar="PATH",
+                     help="GGUF model (default: $NACZ_MODEL, else SmolLM2-135M)."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def _settings(kw: dict) -> Settings:
+    kw.pop("keep", None)
+    kw.pop("files", None)
+    return Settings(**kw)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="nacz")
+def main() -> None:
+    """nacz: lossless neural compression. FILE -> FILE.nc and back; no FILE or '-'
+    means standard input to standard output."""
+
+
+@main.command()
+@_common
+@click.option("--streams", type=click.IntRange(1, 256), help="Expert: parallel token streams.")
+@click.option("--window", type=click.IntRange(64, 32768), help="Expert: LLM context window.")
+def compress(files, **kw):
+    """Compress FILES to FILE.nc."""
+    return _process(files, _settings(kw), "compress")
+
+
+@main.command()
+@_common
+def decompress(files, **kw):
+    """Decompress FILE.nc to FILE."""
+    return _process(files, _settings(kw), "decompress")
+
+
+@main.command("test")
+@_common
+def test_cmd(files, **kw):
+    """Check that FILES decompress correctly; write nothing."""
+    return _process(files, _settings(kw), "test")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("-v", "--verbose", is_flag=True, help="List every segment.")
+def info(files, verbose):
+    """Describe nacz files without decoding them."""
+    from .info import describe
+
+    status = _Status()
+    for name in files:
+        try:
+            if name == "-" and sys.stdin.isatty():
+                raise NaczError("compressed data cannot be read from a terminal")
+            data = _read_input(name)
+            click.echo(describe(name if name != "-" else "(stdin)", data, verbose))
+        except NaczError as e:
+            status.error(name, str(e))
+        except OSError as e:
+            status.error(name, e.strerror or str(e))
+    return status.code
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """Console-script entry point: maps outcomes to exit codes, never a traceback for
+    expected failures."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        rc = main.main(args=argv, prog_name="nacz", standalone_mode=False)
+    except click.UsageError as e:
+        e.show()
+        rc = EXIT_ERROR
+    except click.ClickException as e:
+        e.show()
+        rc = EXIT_ERROR
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _err("interrupted")
+        rc = EXIT_SIGINT
+    except Terminated:
+        _err("terminated")
+        rc = EXIT_SIGTERM
+    except BrokenPipeError:
+        # The reader went away: nothing more to say, and stdout is unusable.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        rc = EXIT_ERROR
+    sys.exit(rc if isinstance(rc, int) else EXIT_OK)

@@ -1,0 +1,310 @@
+"""Library API: ``compress(bytes) -> bytes`` and ``decompress(bytes) -> bytes``.
+
+Policy (which regions go neural, how many streams, fallbacks) lives here; byte layout in
+``container``, the step loop in ``engine``, the LLM in ``backends``. The CLI is a thin
+layer over these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zstandard
+
+from . import container, engine, params as hparams
+from .backends import llama
+from .coder import Decoder, Encoder, min_bits_per_symbol
+from .container import KIND_NEURAL, KIND_STORED, KIND_ZSTD, Container, Segment
+from .kernels import softmax_rows
+from .errors import FormatError, IntegrityError, MismatchError, NaczError
+from .models.ensemble import default_spec, make_ensemble
+from .resources import model_sha256, resolve_model_path
+from .segment import Region, merge_adjacent, split_regions
+from .tokenizer import Tokenizer
+
+ZSTD_LEVEL = 19
+CODER_SPEC = {"name": "constriction.range", "precision": 24, "perfect": False}
+DEFAULT_WINDOW, DEFAULT_SLIDE, DEFAULT_SINKS = 1024, 512, 4
+MIN_TOKENS_PER_STREAM = 4096  # shorter streams lose ratio to cold starts (DESIGN.md)
+DEFAULT_MAX_STREAMS = 16
+
+Progress = Callable[[float], None]  # fraction of the work done, 0..1
+
+
+@dataclass
+class Options:
+    model: str | os.PathLike | None = None  # --model > $NACZ_MODEL > default
+    threads: int = 0  # 0 = all available cores; never changes the output
+    streams: int | None = None  # override of the stream policy
+    window: int = DEFAULT_WINDOW
+    slide: int = DEFAULT_SLIDE
+    sinks: int = DEFAULT_SINKS
+    progress: Progress | None = None
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def stream_count(n_tokens: int, max_streams: int = DEFAULT_MAX_STREAMS) -> int:
+    """Streams for an input: as many as keeps every stream long enough. Depends on the
+    input (and level) only, never on the machine."""
+    return max(1, min(max_streams, n_tokens // MIN_TOKENS_PER_STREAM))
+
+
+# -- the model, loaded once per process -------------------------------------------------
+class Runtime:
+    """A model file with its hash, weights, tokenizer, and (lazily) a backend."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sha256 = model_sha256(path)
+        self.size = path.stat().st_size
+        self.model = llama.LlamaModel(path)
+        self.tokenizer = Tokenizer(self.model)
+        self._probe = self.tokenizer.tokenize(llama.PROBE_TEXT)
+        self._fingerprints: dict[tuple, str] = {}
+
+    def backend(self, window: int, slide: int, sinks: int, threads: int):
+        return llama.LlamaBackend(self.model, window, slide, sinks, threads)
+
+    def fingerprint(self, backend) -> str:
+        """Hash of the LLM's exact logits on a fixed probe *and* of our probability kernel
+        on them (libm's exp may differ between CPUs too). Cached per backend setup."""
+        key = (backend.window, backend.slide, backend.sinks, backend.threads)
+        if key not in self._fingerprints:
+            logits = backend.probe(self._probe)
+            probs = np.empty(logits.shape, dtype=np.float64)
+            softmax_rows(logits, probs)
+            h = hashlib.blake2b(digest_size=16)
+            h.update(logits.tobytes())
+            h.update(probs.tobytes())
+            self._fingerprints[key] = h.hexdigest()
+        return self._fingerprints[key]
+
+
+_runtimes: dict[tuple, Runtime] = {}
+
+
+def load_runtime(model: str | os.PathLike | None) -> Runtime:
+    path = resolve_model_path(model)
+    st = path.stat()
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _runtimes:
+        _runtimes.clear()  # one model in memory at a time
+        _runtimes[key] = Runtime(path)
+    return _runtimes[key]
+
+
+# -- binary segments --------------------------------------------------------------------
+def _binary_segment(chunk: bytes) -> tuple[Segment, bytes]:
+    z = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(chunk)
+    if len(z) < len(chunk):
+        return Segment(KIND_ZSTD, len(chunk), len(z), container.digest(chunk)), z
+    return Segment(KIND_STORED, len(chunk), len(chunk), container.digest(chunk)), chunk
+
+
+def _unzstd(payload: bytes, orig_len: int) -> bytes:
+    """Decompress at most ``orig_len`` bytes, growing the output only as data arrives
+    (never allocating from the claimed size)."""
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as r:
+            while len(out) < orig_len:
+                block = r.read(min(1 << 20, orig_len - len(out)))
+                if not block:
+                    break
+                out += block
+            extra = r.read(1)
+    except zstandard.ZstdError as e:
+        raise FormatError(f"corrupt zstd segment ({e})") from None
+    if len(out) != orig_len or extra:
+        raise FormatError("corrupt zstd segment (wrong decompressed size)")
+    return bytes(out)
+
+
+def _fallback(data: bytes) -> Container:
+    segments, payloads = [], []
+    if data:
+        seg, payload = _binary_segment(data)
+        segments, payloads = [seg], [payload]
+    return Container(len(data), container.checksum(data), segments, payloads)
+
+
+# -- compression ------------------------------------------------------------------------
+def compress(data: bytes, options: Options | None = None) -> bytes:
+    opts = options or Options()
+    fallback = container.write(_fallback(data))
+    regions = split_regions(data)
+    if not any(r.is_text for r in regions):
+        _report(opts, 1.0)
+        return fallback
+
+    rt = load_runtime(opts.model)
+    token_lists: dict[int, np.ndarray] = {}
+    checked: list[Region] = []
+    for r in regions:
+        toks = rt.tokenizer.tokenize_verified(data[r.start:r.end]) if r.is_text else None
+        if toks is not None and len(toks) <= len(r):
+            token_lists[r.start] = toks
+            checked.append(r)
+        else:
+            checked.append(Region(r.start, r.end, False))
+    regions = merge_adjacent(checked)
+    if not token_lists:
+        return fallback
+
+    segments: list[Segment] = []
+    payloads: list[bytes] = []
+    for r in regions:
+        chunk = data[r.start:r.end]
+        if r.is_text:
+            segments.append(Segment(KIND_NEURAL, len(r), len(token_lists[r.start]),
+                                    container.digest(chunk)))
+        else:
+            seg, payload = _binary_segment(chunk)
+            segments.append(seg)
+            payloads.append(payload)
+
+    tokens = np.concatenate([token_lists[r.start] for r in regions if r.is_text])
+    n_streams = opts.streams if opts.streams else stream_count(len(tokens))
+    lengths = engine.split_streams(len(tokens), min(n_streams, hparams.MAX_STREAMS))
+    threads = opts.threads or default_threads()
+    backend = rt.backend(opts.window, opts.slide, opts.sinks, threads)
+    spec = default_spec()
+    ensemble = make_ensemble(spec, rt.model.vocab_size)
+    np_ = hparams.NeuralParams(
+        model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
+        backend_name=backend.name, backend_version=llama.version(),
+        fingerprint=rt.fingerprint(backend), cpu=llama.cpu_features(),
+        vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
+        streams=tuple(lengths), window=opts.window, slide=opts.slide, sinks=opts.sinks,
+        ensemble=spec, coder=dict(CODER_SPEC))
+
+    # Stream s holds a contiguous run of the token sequence; row s of the matrix.
+    matrix = np.zeros((len(lengths), lengths[0]), dtype=np.int32)
+    offset = 0
+    for s, n in enumerate(lengths):
+        matrix[s, :n] = tokens[offset:offset + n]
+        offset += n
+    encoder = Encoder()
+
+    def code(probs: np.ndarray, t: int) -> np.ndarray:
+        return encoder(matrix[:probs.shape[0], t], probs)
+
+    engine.run(backend, ensemble, lengths, rt.model.start_token, code,
+               _token_progress(opts, len(tokens)))
+    neural = Container(len(data), container.checksum(data), segments, payloads,
+                       np_.to_dict(), encoder.finish())
+    out = container.write(neural)
+    return out if len(out) < len(fallback) else fallback
+
+
+def _report(opts: Options, fraction: float) -> None:
+    if opts.progress is not None:
+        opts.progress(fraction)
+
+
+def _token_progress(opts: Options, total: int):
+    if opts.progress is None or total == 0:
+        return None
+    return lambda done: opts.progress(done / total)
+
+
+# -- decompression ----------------------------------------------------------------------
+def inspect(data: bytes) -> Container:
+    """Parse and validate a container without decoding it."""
+    return container.read(data)
+
+
+def decompress(data: bytes, options: Options | None = None) -> bytes:
+    opts = options or Options()
+    c = container.read(data)
+    neural_out: list[bytes] = []
+    if c.params is not None:
+        neural_out = _decode_neural(c, hparams.parse(c.params), opts)
+    parts, payloads, neural = [], iter(c.payloads), iter(neural_out)
+    for i, seg in enumerate(c.segments):
+        if seg.kind == KIND_STORED:
+            part = next(payloads)
+        elif seg.kind == KIND_ZSTD:
+            part = _unzstd(next(payloads), seg.orig_len)
+        else:
+            part = next(neural)
+        if len(part) != seg.orig_len or container.digest(part) != seg.digest:
+            raise IntegrityError(f"segment {i} ({seg.kind_name}, {seg.orig_len} bytes) "
+                                 "does not match its checksum")
+        parts.append(part)
+    out = b"".join(parts)
+    if len(out) != c.orig_len or container.checksum(out) != c.checksum:
+        raise IntegrityError("decompressed data does not match the stored checksum")
+    return out
+
+
+def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
+    """Refuse, before decoding, a file made with another model or an incompatible build."""
+    if p.model_sha256 != rt.sha256:
+        raise MismatchError(
+            f"file was compressed with model {p.model_name} (sha256 {p.model_sha256[:12]}…) "
+            f"but {rt.path.name} (sha256 {rt.sha256[:12]}…) is in use; "
+            "pass that model with --model or NACZ_MODEL")
+    if p.backend_name != llama.NAME:
+        raise MismatchError(f"file needs backend {p.backend_name!r}, which this nacz lacks")
+    if p.vocab_size != rt.model.vocab_size or p.start_token != rt.model.start_token:
+        raise MismatchError("file's tokenizer parameters do not match the model")
+    if p.coder != CODER_SPEC:
+        raise FormatError(f"unsupported coder parameters {p.coder!r:.80}")
+
+
+def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list[bytes]:
+    neural_segs = [s for s in c.segments if s.kind == KIND_NEURAL]
+    if sum(s.aux for s in neural_segs) != p.n_tokens:
+        raise FormatError("corrupt header (stream lengths do not match the segment table)")
+    budget = 8 * len(c.neural_payload) + 64  # bits, with slack for the coder's tail
+    if p.n_tokens * min_bits_per_symbol(p.vocab_size) > budget:
+        raise FormatError("corrupt header (more tokens than the payload can hold)")
+    rt = load_runtime(opts.model)
+    check_compatible(p, rt)
+    ensemble = make_ensemble(p.ensemble, p.vocab_size)
+    backend = rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads())
+    fp = rt.fingerprint(backend)
+    if fp != p.fingerprint:
+        raise MismatchError(_fingerprint_message(p, fp))
+    decoder = Decoder(c.neural_payload)
+
+    def code(probs: np.ndarray, t: int) -> np.ndarray:
+        return decoder(probs)
+
+    streams = engine.run(backend, ensemble, p.streams, p.start_token, code,
+                         _token_progress(opts, p.n_tokens))
+    tokens = np.concatenate(streams)
+    out, offset = [], 0
+    for seg in neural_segs:
+        out.append(rt.tokenizer.detokenize(tokens[offset:offset + seg.aux]))
+        offset += seg.aux
+    return out
+
+
+def _fingerprint_message(p: hparams.NeuralParams, fp: str) -> str:
+    """Name what differs between the compressing and this backend, and what to do."""
+    here_version = llama.version()
+    what = []
+    if p.backend_version != here_version:
+        what.append(f"llama-cpp-python {p.backend_version} vs {here_version} here")
+    theirs, ours = set(p.cpu.split(",")) - {""}, set(llama.cpu_features().split(",")) - {""}
+    if theirs != ours:
+        what.append("CPU features differ: " + ", ".join(
+            [f"+{f}" for f in sorted(theirs - ours)] + [f"-{f}" for f in sorted(ours - theirs)]))
+    reason = "; ".join(what) if what else "same version and CPU features, different build"
+    return (f"backend fingerprint mismatch (file {p.fingerprint[:12]}, here {fp[:12]}): "
+            f"{reason}; decompress where it was compressed or with the same "
+            "llama-cpp-python build (see README: portable builds)")

@@ -1,0 +1,51 @@
+"""Entropy coding with constriction's range coder and 24-bit categorical models.
+
+One batched call per step codes the tokens of all active streams, each row of the
+probability matrix being that stream's model. ``perfect=False`` is always passed
+explicitly: constriction's default prints a warning (to stdout) and is slower.
+"""
+
+from __future__ import annotations
+
+import constriction  # a native module: import submodules as attributes
+import numpy as np
+
+from .errors import FormatError
+
+PRECISION_BITS = 24  # constriction's Categorical uses 24-bit fixed-point probabilities
+
+
+def _family():
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def min_bits_per_symbol(vocab_size: int) -> float:
+    """Lower bound on the cost of one symbol: every other symbol keeps at least one
+    quantum of probability, so no symbol is ever free. Bounds how many tokens a payload
+    of a given size can hold (used to reject absurd token counts before decoding)."""
+    p_max = 1.0 - (vocab_size - 1) / float(1 << PRECISION_BITS)
+    return -np.log2(p_max) if p_max < 1.0 else 0.0
+
+
+class Encoder:
+    def __init__(self):
+        self._enc = constriction.stream.queue.RangeEncoder()
+        self._family = _family()
+
+    def __call__(self, symbols: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        self._enc.encode(np.ascontiguousarray(symbols, dtype=np.int32), self._family, probs)
+        return symbols
+
+    def finish(self) -> bytes:
+        return self._enc.get_compressed().astype("<u4").tobytes()
+
+
+class Decoder:
+    def __init__(self, payload: bytes):
+        if len(payload) % 4:
+            raise FormatError("corrupt neural payload (length is not a multiple of 4)")
+        self._dec = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+        self._family = _family()
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        return self._dec.decode(self._family, probs)

@@ -1,0 +1,47 @@
+"""Human-readable description of a container (``nacz info``), without decoding it."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from . import container
+from .container import KIND_NAMES, KIND_NEURAL
+from .errors import FormatError
+from .params import parse
+
+
+def describe(name: str, data: bytes, verbose: bool = False) -> str:
+    c = container.read(data)
+    lines = [name, f"  format version  {c.version}"]
+    lines.append(f"  original        {c.orig_len} bytes")
+    if c.orig_len:
+        lines.append(f"  compressed      {len(data)} bytes (ratio {c.orig_len / len(data):.3f}, "
+                     f"{8 * len(data) / c.orig_len:.4f} bits per byte)")
+    else:
+        lines.append(f"  compressed      {len(data)} bytes")
+    counts = Counter(s.kind for s in c.segments)
+    sizes = Counter()
+    for s in c.segments:
+        sizes[s.kind] += s.orig_len
+    lines.append("  segments        " + (", ".join(
+        f"{counts[k]} {KIND_NAMES[k]} ({sizes[k]} bytes)" for k in sorted(counts)) or "none"))
+    if c.params is not None:
+        try:
+            p = parse(c.params)
+        except FormatError as e:
+            raise FormatError(f"{e} in neural parameters") from None
+        lines.append(f"  model           {p.model_name} (sha256 {p.model_sha256[:16]})")
+        lines.append(f"  backend         {p.backend_name} (llama-cpp-python {p.backend_version}),"
+                     f" fingerprint {p.fingerprint[:16]}")
+        lines.append(f"  streams         {len(p.streams)} ({p.n_tokens} tokens, "
+                     f"{8 * len(c.neural_payload) / max(1, p.n_tokens):.3f} bits per token)")
+        lines.append(f"  context         window {p.window}, slide {p.slide}, {p.sinks} sink tokens")
+        lines.append(f"  ensemble        {container.canonical_json(p.ensemble).decode()}")
+    if verbose:
+        offset = 0
+        for i, s in enumerate(c.segments):
+            what = (f"{s.aux} tokens" if s.kind == KIND_NEURAL else f"{s.aux} bytes stored")
+            lines.append(f"  segment {i:<7} {KIND_NAMES[s.kind]:<7} at {offset}, "
+                         f"{s.orig_len} bytes, {what}")
+            offset += s.orig_len
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The neural parameter block of the header: building it, and validating what a file claims.
+
+Everything that changes a coding probability lives here and travels with the file. The
+decoder builds its models from these values only, never from its own defaults; anything
+unknown, missing or out of range is a format error before any decoding starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import FormatError
+
+MAX_STREAMS = 256  # llama.cpp's limit on sequences per context
+MIN_WINDOW, MAX_WINDOW = 16, 1 << 17
+
+
+@dataclass(frozen=True)
+class NeuralParams:
+    model_name: str
+    model_sha256: str
+    model_size: int
+    backend_name: str
+    backend_version: str
+    fingerprint: str
+    cpu: str  # CPU features llama.cpp used where the file was made (for diagnostics)
+    vocab_size: int
+    start_token: int
+    streams: tuple[int, ...]
+    window: int
+    slide: int
+    sinks: int
+    ensemble: dict
+    coder: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "model": {"name": self.model_name, "sha256": self.model_sha256,
+                      "size": self.model_size},
+            "backend": {"name": self.backend_name, "version": self.backend_version,
+                        "fingerprint": self.fingerprint, "cpu": self.cpu},
+            "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token},
+            "streams": list(self.streams),
+            "context": {"window": self.window, "slide": self.slide, "sinks": self.sinks},
+            "ensemble": self.ensemble,
+            "coder": self.coder,
+        }
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.streams)
+
+
+def _obj(d: object, where: str, keys: set[str]) -> dict:
+    if not isinstance(d, dict) or set(d) != keys:
+        raise FormatError(f"corrupt header (bad '{where}' parameters)")
+    return d
+
+
+def _int(v: object, where: str, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise FormatError(f"corrupt header ('{where}' out of range)")
+    return v
+
+
+def _str(v: object, where: str, maxlen: int = 256) -> str:
+    if not isinstance(v, str) or len(v) > maxlen:
+        raise FormatError(f"corrupt header (bad '{where}')")
+    return v
+
+
+def _hex(v: object, where: str, length: int) -> str:
+    s = _str(v, where)
+    if len(s) != length or any(ch not in "0123456789abcdef" for ch in s):
+        raise FormatError(f"corrupt header (bad '{where}')")
+    return s
+
+
+def parse(d: dict) -> NeuralParams:
+    d = _obj(d, "neural", {"model", "backend", "tokenizer", "streams", "context",
+                           "ensemble", "coder"})
+    m = _obj(d["model"], "model", {"name", "sha256", "size"})
+    b = _obj(d["backend"], "backend", {"name", "version", "fingerprint", "cpu"})
+    t = _obj(d["tokenizer"], "tokenizer", {"vocab_size", "start_token"})
+    c = _obj(d["context"], "context", {"window", "slide", "sinks"})
+    streams = d["streams"]
+    if not isinstance(streams, list) or not 1 <= len(streams) <= MAX_STREAMS:
+        raise FormatError("corrupt header (bad stream table)")
+    streams = tuple(_int(s, "streams", 1, 1 << 48) for s in streams)
+    if any(a < b for a, b in zip(streams, streams[1:])):
+        raise FormatError("corrupt header (stream lengths not in order)")
+    vocab = _int(t["vocab_size"], "vocab_size", 2, 1 << 24)
+    window = _int(c["window"], "window", MIN_WINDOW, MAX_WINDOW)
+    sinks = _int(c["sinks"], "sinks", 1, window // 2)
+    slide = _int(c["slide"], "slide", 1, window - sinks - 1)
+    if not isinstance(d["ensemble"], dict) or not isinstance(d["coder"], dict):
+        raise FormatError("corrupt header (bad ensemble or coder parameters)")
+    return NeuralParams(
+        model_name=_str(m["name"], "model name"),
+        model_sha256=_hex(m["sha256"], "model sha256", 64),
+        model_size=_int(m["size"], "model size", 0, 1 << 50),
+        backend_name=_str(b["name"], "backend name"),
+        backend_version=_str(b["version"], "backend version"),
+        fingerprint=_hex(b["fingerprint"], "fingerprint", 32),
+        cpu=_str(b["cpu"], "backend cpu", 1024),
+        vocab_size=vocab,
+        start_token=_int(t["start_token"], "start_token", 0, vocab - 1),
+        streams=streams, window=window, slide=slide, sinks=sinks,
+        ensemble=d["ensemble"], coder=d["coder"],
+    )
