@@ -232,3 +232,20 @@ class LlamaBackend:
             prev = tok
         self._free()
         return np.concatenate(rows)
+
+
+FTYPE_Q8_0 = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+
+
+def quantize(src: Path, dst: Path, ftype: int = FTYPE_Q8_0, threads: int = 1) -> None:
+    """Re-quantise a GGUF (e.g. the shipped Q4_1 to Q8_0). ``threads`` is fixed by the
+    caller so the derived file's bytes can be compared from run to run."""
+    _ensure_init()
+    lib = _lib()
+    p = lib.llama_model_quantize_default_params()
+    p.nthread = threads
+    p.ftype = ftype
+    p.allow_requantize = True
+    rc = lib.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(p))
+    if rc != 0:
+        raise NaczError(f"llama_model_quantize failed ({rc}) for {src}")

@@ -1,0 +1,57 @@
+"""Segmentation: full coverage, and nothing unsafe ever offered to the tokenizer."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from nacz.segment import MIN_TEXT_RUN, Region, is_text_safe, merge_adjacent, split_regions
+
+# Bytes the SmolLM2 tokenizer drops (DESIGN.md), invalid UTF-8, and a plane-4 code point.
+UNSAFE = [b"\x04", b"\x06", b"\x13", b"\x14", b"\x16", b"\x1d", b"\x00", b"\xff", b"\xc3",
+          b"\xed\xa0\x80", "\U00040000".encode()]
+
+
+def _check_cover(data: bytes, regions: list[Region]) -> None:
+    pos = 0
+    for r in regions:
+        assert r.start == pos and r.end > r.start
+        pos = r.end
+    assert pos == len(data)
+    for a, b in zip(regions, regions[1:]):
+        assert a.is_text != b.is_text
+
+
+def test_plain_text_is_one_text_region():
+    data = ("Hello, wörld! Καλημέρα κόσμε. 日本語のテキスト. 😀\n" * 5).encode()
+    assert split_regions(data) == [Region(0, len(data), True)]
+
+
+def test_unsafe_bytes_split_text():
+    text = b"a" * 100
+    for bad in UNSAFE:
+        regions = split_regions(text + bad + text)
+        assert [r.is_text for r in regions] == [True, False, True], bad
+        assert not is_text_safe(bad)
+
+
+def test_short_text_runs_stay_binary():
+    data = b"\x00" * 10 + b"x" * (MIN_TEXT_RUN - 1) + b"\x00" * 10
+    assert split_regions(data) == [Region(0, len(data), False)]
+
+
+def test_merge_adjacent_joins_same_kind():
+    rs = [Region(0, 5, False), Region(5, 9, False), Region(9, 20, True)]
+    assert merge_adjacent(rs) == [Region(0, 9, False), Region(9, 20, True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=80), st.text(max_size=120).map(str.encode)),
+                max_size=8).map(b"".join))
+def test_regions_cover_input_and_text_is_safe(data):
+    regions = split_regions(data, min_text=8)
+    _check_cover(data, regions)
+    for r in regions:
+        if r.is_text:
+            chunk = data[r.start:r.end]
+            assert is_text_safe(chunk)
+            chunk.decode("utf-8")  # valid UTF-8 by construction
