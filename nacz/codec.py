@@ -8,19 +8,16 @@ layer over these functions.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import zstandard
-
-from . import container, engine, params as hparams
+from . import binary, container, engine, params as hparams
 from .backends import llama
 from .coder import Decoder, Encoder, min_bits_per_symbol
-from .container import KIND_NEURAL, KIND_STORED, KIND_ZSTD, Container, Segment
+from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .kernels import softmax_rows
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .models.ensemble import default_spec, make_ensemble
@@ -28,7 +25,6 @@ from .resources import model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
 
-ZSTD_LEVEL = 19
 CODER_SPEC = {"name": "constriction.range", "precision": 24, "perfect": False}
 DEFAULT_WINDOW, DEFAULT_SLIDE, DEFAULT_SINKS = 1024, 512, 4
 MIN_TOKENS_PER_STREAM = 4096  # shorter streams lose ratio to cold starts (DESIGN.md)
@@ -105,45 +101,19 @@ def load_runtime(model: str | os.PathLike | None) -> Runtime:
     return _runtimes[key]
 
 
-# -- binary segments --------------------------------------------------------------------
-def _binary_segment(chunk: bytes) -> tuple[Segment, bytes]:
-    z = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(chunk)
-    if len(z) < len(chunk):
-        return Segment(KIND_ZSTD, len(chunk), len(z), container.digest(chunk)), z
-    return Segment(KIND_STORED, len(chunk), len(chunk), container.digest(chunk)), chunk
-
-
-def _unzstd(payload: bytes, orig_len: int) -> bytes:
-    """Decompress at most ``orig_len`` bytes, growing the output only as data arrives
-    (never allocating from the claimed size)."""
-    out = bytearray()
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as r:
-            while len(out) < orig_len:
-                block = r.read(min(1 << 20, orig_len - len(out)))
-                if not block:
-                    break
-                out += block
-            extra = r.read(1)
-    except zstandard.ZstdError as e:
-        raise FormatError(f"corrupt zstd segment ({e})") from None
-    if len(out) != orig_len or extra:
-        raise FormatError("corrupt zstd segment (wrong decompressed size)")
-    return bytes(out)
-
-
-def _fallback(data: bytes) -> Container:
-    segments, payloads = [], []
-    if data:
-        seg, payload = _binary_segment(data)
-        segments, payloads = [seg], [payload]
-    return Container(len(data), container.checksum(data), segments, payloads)
+# -- containers without a neural part ------------------------------------------------
+def _binary_only(data: bytes) -> Container:
+    if not data:
+        return Container(0, container.checksum(data), [])
+    method, payload = binary.pack(data)
+    seg = Segment(KIND_BINARY, len(data), 0, container.digest(data))
+    return Container(len(data), container.checksum(data), [seg], method, payload)
 
 
 # -- compression ------------------------------------------------------------------------
 def compress(data: bytes, options: Options | None = None) -> bytes:
     opts = options or Options()
-    fallback = container.write(_fallback(data))
+    fallback = container.write(_binary_only(data))
     regions = split_regions(data)
     if not any(r.is_text for r in regions):
         _report(opts, 1.0)
@@ -163,17 +133,11 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
     if not token_lists:
         return fallback
 
-    segments: list[Segment] = []
-    payloads: list[bytes] = []
-    for r in regions:
-        chunk = data[r.start:r.end]
-        if r.is_text:
-            segments.append(Segment(KIND_NEURAL, len(r), len(token_lists[r.start]),
-                                    container.digest(chunk)))
-        else:
-            seg, payload = _binary_segment(chunk)
-            segments.append(seg)
-            payloads.append(payload)
+    segments = [Segment(KIND_NEURAL if r.is_text else KIND_BINARY, len(r),
+                        len(token_lists[r.start]) if r.is_text else 0,
+                        container.digest(data[r.start:r.end])) for r in regions]
+    method, binary_payload = binary.pack(
+        b"".join(data[r.start:r.end] for r in regions if not r.is_text))
 
     tokens = np.concatenate([token_lists[r.start] for r in regions if r.is_text])
     n_streams = opts.streams if opts.streams else stream_count(len(tokens))
@@ -203,7 +167,7 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
 
     engine.run(backend, ensemble, lengths, rt.model.start_token, code,
                _token_progress(opts, len(tokens)))
-    neural = Container(len(data), container.checksum(data), segments, payloads,
+    neural = Container(len(data), container.checksum(data), segments, method, binary_payload,
                        np_.to_dict(), encoder.finish())
     out = container.write(neural)
     return out if len(out) < len(fallback) else fallback
@@ -232,12 +196,12 @@ def decompress(data: bytes, options: Options | None = None) -> bytes:
     neural_out: list[bytes] = []
     if c.params is not None:
         neural_out = _decode_neural(c, hparams.parse(c.params), opts)
-    parts, payloads, neural = [], iter(c.payloads), iter(neural_out)
+    binary_data = binary.unpack(c.binary_method, c.binary_payload, c.binary_len)
+    parts, offset, neural = [], 0, iter(neural_out)
     for i, seg in enumerate(c.segments):
-        if seg.kind == KIND_STORED:
-            part = next(payloads)
-        elif seg.kind == KIND_ZSTD:
-            part = _unzstd(next(payloads), seg.orig_len)
+        if seg.kind == KIND_BINARY:
+            part = binary_data[offset:offset + seg.orig_len]
+            offset += seg.orig_len
         else:
             part = next(neural)
         if len(part) != seg.orig_len or container.digest(part) != seg.digest:
@@ -267,7 +231,7 @@ def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
 
 def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list[bytes]:
     neural_segs = [s for s in c.segments if s.kind == KIND_NEURAL]
-    if sum(s.aux for s in neural_segs) != p.n_tokens:
+    if sum(s.tokens for s in neural_segs) != p.n_tokens:
         raise FormatError("corrupt header (stream lengths do not match the segment table)")
     budget = 8 * len(c.neural_payload) + 64  # bits, with slack for the coder's tail
     if p.n_tokens * min_bits_per_symbol(p.vocab_size) > budget:
@@ -289,8 +253,8 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     tokens = np.concatenate(streams)
     out, offset = [], 0
     for seg in neural_segs:
-        out.append(rt.tokenizer.detokenize(tokens[offset:offset + seg.aux]))
-        offset += seg.aux
+        out.append(rt.tokenizer.detokenize(tokens[offset:offset + seg.tokens]))
+        offset += seg.tokens
     return out
 
 

@@ -19,68 +19,26 @@ MAGIC = b"\x8fNCZ"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
-KIND_STORED = 0
-KIND_ZSTD = 1
-KIND_NEURAL = 2
-KIND_NAMES = {KIND_STORED: "stored", KIND_ZSTD: "zstd", KIND_NEURAL: "neural"}
+KIND_BINARY = 0
+KIND_NEURAL = 1
+KIND_NAMES = {KIND_BINARY: "binary", KIND_NEURAL: "neural"}
+
+METHOD_STORED = 0
+METHOD_ZSTD = 1
+METHOD_XZ = 2
+METHOD_NAMES = {METHOD_STORED: "stored", METHOD_ZSTD: "zstd", METHOD_XZ: "xz"}
 
 FLAG_NEURAL = 0x01
-KNOWN_FLAGS = FLAG_NEURAL
+FLAG_BINARY = 0x02
+KNOWN_FLAGS = FLAG_NEURAL | FLAG_BINARY
 
-CHECKSUM_SIZE = 16  # BLAKE2b-128 of the whole original
-DIGEST_SIZE = 8  # BLAKE2b-64 of one segment's original bytes, and of the payload area
+CHECKSUM_SIZE = 8  # BLAKE2b-64 of the whole original
+DIGEST_SIZE = 4  # BLAKE2b-32 of one segment's original bytes (says which segment broke)
 MAX_PARAMS_SIZE = 1 << 16
+MAX_PARAMS_JSON = 1 << 16
 MAX_ORIGINAL_SIZE = 1 << 48
 
-_FIXED = struct.Struct("<4sBBQ")  # magic, version, flags, original length
-_ENTRY = struct.Struct("<BQQ8s")  # kind, original length, aux, digest
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-
-
-def checksum(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=CHECKSUM_SIZE).digest()
-
-
-def digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One region of the original.
-
-    ``aux`` is the payload length for stored and zstd segments and the token count for
-    neural segments (whose tokens all live in the one shared neural payload).
-    """
-
-    kind: int
-    orig_len: int
-    aux: int
-    digest: bytes
-
-    @property
-    def kind_name(self) -> str:
-        return KIND_NAMES[self.kind]
-
-
-@dataclass
-class Container:
-    orig_len: int
-    checksum: bytes
-    segments: list[Segment]
-    payloads: list[bytes]  # one per non-neural segment, in segment order
-    params: dict | None = None  # neural parameters; present iff a neural segment exists
-    neural_payload: bytes = b""
-    version: int = FORMAT_VERSION
-    header_size: int = field(default=0, compare=False)
-
-    @property
-    def has_neural(self) -> bool:
-        return any(s.kind == KIND_NEURAL for s in self.segments)
-
-
-MAX_PARAMS_JSON = 1 << 16
 
 # The neural parameter block is canonical JSON, raw-deflated with this preset dictionary:
 # a typical block, so the usual keys and the default model's name and hash cost almost
@@ -93,6 +51,68 @@ PARAMS_DICT = (
     b'"ensemble":{"kind":"llm"},"model":{"name":"SmolLM2-135M-Instruct.Q4_1.gguf",'
     b'"sha256":"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",'
     b'"size":98362432},"streams":[],"tokenizer":{"start_token":1,"vocab_size":49152}}')
+
+
+def checksum(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=CHECKSUM_SIZE).digest()
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One region of the original, in order. ``tokens`` is the token count of a neural
+    segment (0 for binary ones, whose bytes live in the shared binary stream)."""
+
+    kind: int
+    orig_len: int
+    tokens: int
+    digest: bytes
+
+    @property
+    def kind_name(self) -> str:
+        return KIND_NAMES[self.kind]
+
+
+@dataclass
+class Container:
+    orig_len: int
+    checksum: bytes
+    segments: list[Segment]
+    binary_method: int = METHOD_STORED  # how the concatenated binary segments are packed
+    binary_payload: bytes = b""
+    params: dict | None = None  # neural parameters; present iff a neural segment exists
+    neural_payload: bytes = b""
+    version: int = FORMAT_VERSION
+    header_size: int = field(default=0, compare=False)
+
+    @property
+    def has_neural(self) -> bool:
+        return any(s.kind == KIND_NEURAL for s in self.segments)
+
+    @property
+    def has_binary(self) -> bool:
+        return any(s.kind == KIND_BINARY for s in self.segments)
+
+    @property
+    def binary_len(self) -> int:
+        return sum(s.orig_len for s in self.segments if s.kind == KIND_BINARY)
+
+
+# -- small encodings --------------------------------------------------------------------
+def uvarint(n: int) -> bytes:
+    """Unsigned LEB128."""
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def canonical_json(obj: dict) -> bytes:
@@ -111,30 +131,38 @@ def unpack_params(raw: bytes) -> dict:
         if not z.eof or z.unconsumed_tail or z.unused_data:
             raise ValueError("bad deflate stream")
         params = json.loads(text.decode("ascii"))
-    except (zlib.error, UnicodeDecodeError, ValueError):
+    except (zlib.error, UnicodeDecodeError, ValueError, RecursionError):
         raise FormatError("corrupt header (bad parameter block)") from None
     if not isinstance(params, dict):
         raise FormatError("corrupt header (parameter block is not an object)")
     return params
 
 
+# -- writing ----------------------------------------------------------------------------
 def write(c: Container) -> bytes:
-    """Serialise a container; validates the same invariants the reader checks."""
-    _check_invariants(c, len(c.neural_payload), [len(p) for p in c.payloads])
-    flags = FLAG_NEURAL if c.has_neural else 0
+    """Serialise a container; checks the same invariants the reader checks."""
+    _check_invariants(c)
+    flags = (FLAG_NEURAL if c.has_neural else 0) | (FLAG_BINARY if c.has_binary else 0)
     params = pack_params(c.params) if c.params is not None else b""
-    head = bytearray(_FIXED.pack(MAGIC, FORMAT_VERSION, flags, c.orig_len))
-    head += c.checksum
-    head += _U32.pack(len(params)) + params
-    head += _U32.pack(len(c.segments))
+    head = bytearray(MAGIC + bytes([FORMAT_VERSION, flags]))
+    head += uvarint(c.orig_len) + c.checksum
+    head += uvarint(len(params)) + params
+    head += uvarint(len(c.segments))
     for s in c.segments:
-        head += _ENTRY.pack(s.kind, s.orig_len, s.aux, s.digest)
-    head += _U64.pack(len(c.neural_payload))
+        head += bytes([s.kind]) + uvarint(s.orig_len)
+        if s.kind == KIND_NEURAL:
+            head += uvarint(s.tokens)
+        head += s.digest
+    if c.has_binary:
+        head += bytes([c.binary_method]) + uvarint(len(c.binary_payload))
+    if c.has_neural:
+        head += uvarint(len(c.neural_payload))
     head += _U32.pack(zlib.crc32(head))
-    body = b"".join(c.payloads) + c.neural_payload
-    return bytes(head) + body + digest(body)
+    body = c.binary_payload + c.neural_payload
+    return bytes(head) + body + _U32.pack(zlib.crc32(body))
 
 
+# -- reading ----------------------------------------------------------------------------
 class _Reader:
     def __init__(self, data: bytes):
         self.data = data
@@ -147,98 +175,114 @@ class _Reader:
         self.pos += n
         return out
 
-    def unpack(self, st: struct.Struct, what: str):
-        return st.unpack(self.take(st.size, what))
+    def byte(self, what: str) -> int:
+        return self.take(1, what)[0]
 
-
-def read_header_version(data: bytes) -> int:
-    if len(data) < len(MAGIC) or data[:4] != MAGIC:
-        raise FormatError("not a nacz file (bad magic)")
-    if len(data) < 5:
-        raise FormatError("truncated file (while reading version)")
-    return data[4]
+    def uvarint(self, what: str, limit: int) -> int:
+        value, shift = 0, 0
+        while True:
+            b = self.byte(what)
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise FormatError(f"corrupt header ({what} too long)")
+        if value > limit:
+            raise FormatError(f"corrupt header ({what} out of range)")
+        return value
 
 
 def read(data: bytes) -> Container:
     """Parse and validate a container. Raises FormatError with a one-line reason."""
-    version = read_header_version(data)
+    if data[:4] != MAGIC:
+        if data and MAGIC.startswith(data):
+            raise FormatError("truncated file (while reading magic)")
+        raise FormatError("not a nacz file (bad magic)" if data else "not a nacz file (empty)")
+    r = _Reader(data)
+    r.take(4, "magic")
+    version = r.byte("version")
     if version not in SUPPORTED_VERSIONS:
         raise FormatError(
             f"format version {version} is newer than this nacz supports "
             f"(up to {max(SUPPORTED_VERSIONS)}); upgrade nacz")
-    r = _Reader(data)
-    _, version, flags, orig_len = r.unpack(_FIXED, "header")
+    flags = r.byte("flags")
     if flags & ~KNOWN_FLAGS:
         raise FormatError(f"unknown header flags 0x{flags:02x}")
-    if orig_len > MAX_ORIGINAL_SIZE:
-        raise FormatError("corrupt header (original size out of range)")
+    orig_len = r.uvarint("original size", MAX_ORIGINAL_SIZE)
     csum = r.take(CHECKSUM_SIZE, "checksum")
-    (plen,) = r.unpack(_U32, "parameter length")
-    if plen > MAX_PARAMS_SIZE:
-        raise FormatError("corrupt header (parameter block too large)")
+    plen = r.uvarint("parameter block size", MAX_PARAMS_SIZE)
     params_raw = r.take(plen, "parameters")
-    (nseg,) = r.unpack(_U32, "segment count")
-    if nseg * _ENTRY.size > len(data) - r.pos:
-        raise FormatError("truncated file (segment table)")
-    entries = [r.unpack(_ENTRY, "segment table") for _ in range(nseg)]
-    (neural_len,) = r.unpack(_U64, "neural payload length")
-    (crc,) = r.unpack(_U32, "header checksum")
-    if crc != zlib.crc32(data[:r.pos - _U32.size]):
+    # Each entry takes at least 1 + 1 + DIGEST_SIZE bytes: bound the count by what is there.
+    nseg = r.uvarint("segment count", (len(data) - r.pos) // (2 + DIGEST_SIZE))
+    segments = []
+    for _ in range(nseg):
+        kind = r.byte("segment table")
+        if kind not in KIND_NAMES:
+            raise FormatError(f"corrupt header (unknown segment kind {kind})")
+        slen = r.uvarint("segment size", MAX_ORIGINAL_SIZE)
+        tokens = r.uvarint("token count", slen) if kind == KIND_NEURAL else 0
+        segments.append(Segment(kind, slen, tokens, r.take(DIGEST_SIZE, "segment table")))
+    has_binary = any(s.kind == KIND_BINARY for s in segments)
+    has_neural = any(s.kind == KIND_NEURAL for s in segments)
+    if bool(flags & FLAG_BINARY) != has_binary or bool(flags & FLAG_NEURAL) != has_neural:
+        raise FormatError("corrupt header (flags disagree with the segment table)")
+    method, binary_size, neural_size = METHOD_STORED, 0, 0
+    if has_binary:
+        method = r.byte("binary method")
+        if method not in METHOD_NAMES:
+            raise FormatError(f"corrupt header (unknown binary method {method})")
+        binary_size = r.uvarint("binary payload size", len(data))
+    if has_neural:
+        neural_size = r.uvarint("neural payload size", len(data))
+    (crc,) = _U32.unpack(r.take(4, "header checksum"))
+    if crc != zlib.crc32(data[:r.pos - 4]):
         raise FormatError("corrupt header (header checksum mismatch)")
     header_size = r.pos
 
-    segments = []
-    for kind, slen, aux, dig in entries:
-        if kind not in KIND_NAMES:
-            raise FormatError(f"corrupt header (unknown segment kind {kind})")
-        segments.append(Segment(kind, slen, aux, dig))
-
+    body_len = len(data) - header_size - 4
+    if body_len < binary_size + neural_size:
+        raise FormatError("truncated file (payload)")
+    if body_len > binary_size + neural_size:
+        raise FormatError("corrupt file (trailing data after the payload)")
     params = unpack_params(params_raw) if plen else None
-    if bool(flags & FLAG_NEURAL) != (params is not None):
-        raise FormatError("corrupt header (neural flag and parameters disagree)")
-
-    stored_lens = [s.aux for s in segments if s.kind != KIND_NEURAL]
-    body_len = len(data) - header_size - DIGEST_SIZE
-    if body_len < 0 or sum(stored_lens) + neural_len != body_len:
-        raise FormatError("truncated file" if body_len < sum(stored_lens) + neural_len
-                          else "corrupt file (trailing data or wrong payload sizes)")
-    c = Container(orig_len, csum, segments, [], params, b"", version, header_size)
-    _check_invariants(c, neural_len, stored_lens)
-
     body = data[header_size:header_size + body_len]
-    if digest(body) != data[header_size + body_len:]:
+    c = Container(orig_len, csum, segments, method, body[:binary_size], params,
+                  body[binary_size:], version, header_size)
+    _check_invariants(c)
+    if zlib.crc32(body) != _U32.unpack(data[header_size + body_len:])[0]:
         raise FormatError("corrupt file (payload checksum mismatch)")
-    pos = 0
-    for n in stored_lens:
-        c.payloads.append(body[pos:pos + n])
-        pos += n
-    c.neural_payload = body[pos:]
     return c
 
 
-def _check_invariants(c: Container, neural_len: int, stored_lens: list[int]) -> None:
+def _check_invariants(c: Container) -> None:
     if len(c.checksum) != CHECKSUM_SIZE:
         raise FormatError("corrupt header (checksum size)")
+    if not 0 <= c.orig_len <= MAX_ORIGINAL_SIZE:
+        raise FormatError("corrupt header (original size out of range)")
     if sum(s.orig_len for s in c.segments) != c.orig_len:
         raise FormatError("corrupt header (segment sizes do not add up)")
-    if c.orig_len and not c.segments:
-        raise FormatError("corrupt header (no segments)")
-    if len(stored_lens) != sum(1 for s in c.segments if s.kind != KIND_NEURAL):
-        raise FormatError("corrupt header (payload count)")
     for s in c.segments:
-        if len(s.digest) != DIGEST_SIZE:
-            raise FormatError("corrupt header (digest size)")
+        if len(s.digest) != DIGEST_SIZE or s.kind not in KIND_NAMES:
+            raise FormatError("corrupt header (bad segment entry)")
         if s.orig_len == 0:
             raise FormatError("corrupt header (empty segment)")
-        if s.kind == KIND_STORED and s.aux != s.orig_len:
-            raise FormatError("corrupt header (stored segment size)")
-        if s.kind == KIND_ZSTD and s.aux == 0:
-            raise FormatError("corrupt header (empty zstd payload)")
-        # Every token decodes to at least one byte, so a neural segment of n bytes
-        # holds between 1 and n tokens.
-        if s.kind == KIND_NEURAL and not 1 <= s.aux <= s.orig_len:
+        # Every token decodes to at least one byte: a neural segment of n bytes holds
+        # between 1 and n tokens. Binary segments carry no token count.
+        if s.kind == KIND_NEURAL and not 1 <= s.tokens <= s.orig_len:
             raise FormatError("corrupt header (neural token count out of range)")
+        if s.kind == KIND_BINARY and s.tokens:
+            raise FormatError("corrupt header (token count on a binary segment)")
+    for a, b in zip(c.segments, c.segments[1:]):
+        if a.kind == b.kind == KIND_BINARY:
+            raise FormatError("corrupt header (adjacent binary segments)")
     if c.has_neural != (c.params is not None):
-        raise FormatError("corrupt header (neural parameters missing)")
-    if not c.has_neural and neural_len:
+        raise FormatError("corrupt header (neural parameters missing or unexpected)")
+    if not c.has_neural and c.neural_payload:
         raise FormatError("corrupt header (neural payload without neural segments)")
+    if not c.has_binary and (c.binary_payload or c.binary_method != METHOD_STORED):
+        raise FormatError("corrupt header (binary payload without binary segments)")
+    if c.binary_method not in METHOD_NAMES:
+        raise FormatError("corrupt header (unknown binary method)")
+    if c.binary_method == METHOD_STORED and len(c.binary_payload) != c.binary_len:
+        raise FormatError("corrupt header (stored binary size)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from . import container
-from .container import KIND_NAMES, KIND_NEURAL
+from .container import KIND_NAMES, KIND_NEURAL, METHOD_NAMES
 from .errors import FormatError
 from .params import parse
 
@@ -25,6 +25,9 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
         sizes[s.kind] += s.orig_len
     lines.append("  segments        " + (", ".join(
         f"{counts[k]} {KIND_NAMES[k]} ({sizes[k]} bytes)" for k in sorted(counts)) or "none"))
+    if c.has_binary:
+        lines.append(f"  binary stream   {METHOD_NAMES[c.binary_method]}, {c.binary_len} -> "
+                     f"{len(c.binary_payload)} bytes")
     if c.params is not None:
         try:
             p = parse(c.params)
@@ -40,8 +43,8 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
     if verbose:
         offset = 0
         for i, s in enumerate(c.segments):
-            what = (f"{s.aux} tokens" if s.kind == KIND_NEURAL else f"{s.aux} bytes stored")
+            what = f", {s.tokens} tokens" if s.kind == KIND_NEURAL else ""
             lines.append(f"  segment {i:<7} {KIND_NAMES[s.kind]:<7} at {offset}, "
-                         f"{s.orig_len} bytes, {what}")
+                         f"{s.orig_len} bytes{what}")
             offset += s.orig_len
     return "\n".join(lines)

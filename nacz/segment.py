@@ -20,7 +20,7 @@ _TEXT_RUN = re.compile(
     rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
     rb"|\xf0[\x90-\xbf][\x80-\xbf]{2})+")
 
-MIN_TEXT_RUN = 64  # shorter text runs are not worth a segment of their own
+MIN_TEXT_RUN = 256  # shorter text runs are not worth a segment (and an LLM start) of their own
 
 
 @dataclass(frozen=True)

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from nacz import container
-from nacz.container import (KIND_NEURAL, KIND_STORED, KIND_ZSTD, MAGIC, Container, Segment,
-                            checksum, digest)
+from nacz.container import (KIND_BINARY, KIND_NEURAL, MAGIC, METHOD_STORED, METHOD_ZSTD,
+                            Container, Segment, checksum, digest, uvarint)
 from nacz.errors import FormatError
 
 PARAMS = {"ensemble": {"kind": "llm"}, "streams": [3], "note": "x" * 40}
 
 
 def _stored(data: bytes) -> Container:
-    segs = [Segment(KIND_STORED, len(data), len(data), digest(data))] if data else []
-    return Container(len(data), checksum(data), segs, [data] if data else [])
+    segs = [Segment(KIND_BINARY, len(data), 0, digest(data))] if data else []
+    return Container(len(data), checksum(data), segs, METHOD_STORED, data)
 
 
 def _hybrid() -> Container:
-    a, b = b"binary\x00\x01", b"some text here"
-    segs = [Segment(KIND_STORED, len(a), len(a), digest(a)),
-            Segment(KIND_NEURAL, len(b), 4, digest(b))]
-    return Container(len(a) + len(b), checksum(a + b), segs, [a], dict(PARAMS),
-                     b"\x01\x02\x03\x04" * 3)
+    a, b, d = b"binary\x00\x01", b"some text here", b"\xff\xfe"
+    segs = [Segment(KIND_BINARY, len(a), 0, digest(a)), Segment(KIND_NEURAL, len(b), 4, digest(b)),
+            Segment(KIND_BINARY, len(d), 0, digest(d))]
+    return Container(len(a + b + d), checksum(a + b + d), segs, METHOD_STORED, a + d,
+                     dict(PARAMS), b"\x01\x02\x03\x04" * 3)
 
 
 @pytest.mark.parametrize("make", [lambda: _stored(b""), lambda: _stored(b"x"),
@@ -35,9 +36,14 @@ def test_round_trip(make):
     raw = container.write(c)
     back = container.read(raw)
     assert back.orig_len == c.orig_len and back.checksum == c.checksum
-    assert back.segments == c.segments and back.payloads == c.payloads
+    assert back.segments == c.segments and back.binary_payload == c.binary_payload
     assert back.params == c.params and back.neural_payload == c.neural_payload
     assert raw.startswith(MAGIC)
+
+
+def test_overhead_is_small():
+    assert len(container.write(_stored(b""))) <= 25
+    assert len(container.write(_stored(b"x" * 1000))) - 1000 <= 40
 
 
 def test_write_refuses_inconsistent_container():
@@ -54,7 +60,7 @@ def test_every_truncation_is_a_format_error():
             container.read(raw[:n])
 
 
-def test_every_byte_flip_is_a_format_error():
+def test_every_byte_change_is_a_format_error():
     raw = container.write(_hybrid())
     for i in range(len(raw)):
         for mask in (0x01, 0x80, 0xFF):
@@ -66,15 +72,17 @@ def test_every_byte_flip_is_a_format_error():
 
 def test_trailing_garbage_is_rejected():
     raw = container.write(_stored(b"hello"))
-    with pytest.raises(FormatError):
+    with pytest.raises(FormatError, match="trailing"):
         container.read(raw + b"\x00")
 
 
 def test_foreign_files_are_rejected():
-    for foreign in (b"", b"\x8f", b"PK\x03\x04 zip file", b"\x28\xb5\x2f\xfd zstd",
-                    b"NC06" + bytes(60)):
-        with pytest.raises(FormatError, match="not a nacz file|truncated"):
+    for foreign in (b"", b"PK\x03\x04 zip file", b"\x28\xb5\x2f\xfd zstd",
+                    b"NC06" + bytes(60), b"\xfd7zXZ\x00"):
+        with pytest.raises(FormatError, match="not a nacz file"):
             container.read(foreign)
+    with pytest.raises(FormatError, match="truncated"):
+        container.read(MAGIC[:2])
 
 
 def test_future_version_is_a_clear_error():
@@ -84,42 +92,48 @@ def test_future_version_is_a_clear_error():
         container.read(bytes(raw))
 
 
-def _resealed(head: bytes) -> bytes:
-    """A header with a correct CRC, for testing checks behind the CRC."""
-    import zlib
-    return head + struct.pack("<I", zlib.crc32(head))
+def _sealed(head: bytes, body: bytes) -> bytes:
+    """A file with correct CRCs, for testing the checks behind them."""
+    return (head + struct.pack("<I", zlib.crc32(head)) + body
+            + struct.pack("<I", zlib.crc32(body)))
 
 
 def test_hostile_sizes_are_rejected_without_allocation():
-    # A header claiming 2^32-1 segments and a huge parameter block: validated against the
-    # bytes present before anything is allocated or looped over.
-    base = MAGIC + struct.pack("<BBQ", 1, 0, 5) + checksum(b"hello")
-    for tail in (struct.pack("<I", 0xFFFFFFFF),  # parameter block size
-                 struct.pack("<I", 0) + struct.pack("<I", 0xFFFFFFFF)):  # segment count
-        with pytest.raises(FormatError):
+    base = MAGIC + bytes([1, 2]) + uvarint(5) + checksum(b"hello")
+    # A parameter block claiming 2^60 bytes, a segment count of 2^60, a huge original.
+    for tail in (uvarint(1 << 60), uvarint(0) + uvarint(1 << 60)):
+        with pytest.raises(FormatError, match="out of range"):
             container.read(base + tail + bytes(64))
-    # Absurd original size.
-    huge = MAGIC + struct.pack("<BBQ", 1, 0, 1 << 60) + bytes(200)
     with pytest.raises(FormatError, match="out of range"):
-        container.read(huge)
+        container.read(MAGIC + bytes([1, 0]) + uvarint(1 << 60) + bytes(64))
+    with pytest.raises(FormatError, match="too long"):
+        container.read(MAGIC + bytes([1, 0]) + b"\xff" * 12 + bytes(64))
 
 
-def test_resealed_header_with_lying_segment_sizes_is_rejected():
+def test_sealed_headers_that_lie_are_rejected():
     data = b"hello"
-    head = (MAGIC + struct.pack("<BBQ", 1, 0, len(data)) + checksum(data)
-            + struct.pack("<I", 0) + struct.pack("<I", 1)
-            + struct.pack("<BQQ8s", KIND_ZSTD, len(data), 1 << 62, digest(data))
-            + struct.pack("<Q", 0))
-    with pytest.raises(FormatError):
-        container.read(_resealed(head) + b"xx" + digest(b"xx"))
+    seg = bytes([KIND_BINARY]) + uvarint(5) + digest(data)
+    # A binary payload size larger than the file.
+    head = (MAGIC + bytes([1, 2]) + uvarint(5) + checksum(data) + uvarint(0) + uvarint(1)
+            + seg + bytes([METHOD_ZSTD]) + uvarint(1 << 40))
+    with pytest.raises(FormatError, match="out of range"):
+        container.read(_sealed(head, b"xx"))
+    # Stored binary stream whose size differs from the segments'.
+    head = (MAGIC + bytes([1, 2]) + uvarint(5) + checksum(data) + uvarint(0) + uvarint(1)
+            + seg + bytes([METHOD_STORED]) + uvarint(3))
+    with pytest.raises(FormatError, match="stored binary size"):
+        container.read(_sealed(head, b"hel"))
     # A neural segment claiming more tokens than bytes.
-    head = (MAGIC + struct.pack("<BBQ", 1, 1, len(data)) + checksum(data)
-            + struct.pack("<I", len(container.pack_params({"a": 1})))
-            + container.pack_params({"a": 1}) + struct.pack("<I", 1)
-            + struct.pack("<BQQ8s", KIND_NEURAL, len(data), 10, digest(data))
-            + struct.pack("<Q", 4))
+    pp = container.pack_params({"a": 1})
+    head = (MAGIC + bytes([1, 1]) + uvarint(5) + checksum(data) + uvarint(len(pp)) + pp
+            + uvarint(1) + bytes([KIND_NEURAL]) + uvarint(5) + uvarint(10))
     with pytest.raises(FormatError, match="token count"):
-        container.read(_resealed(head) + b"abcd" + digest(b"abcd"))
+        container.read(_sealed(head + digest(data) + uvarint(4), b"abcd"))
+    # Flags that disagree with the segments.
+    head = (MAGIC + bytes([1, 1]) + uvarint(5) + checksum(data) + uvarint(0) + uvarint(1)
+            + seg + bytes([METHOD_STORED]) + uvarint(5))
+    with pytest.raises(FormatError, match="flags"):
+        container.read(_sealed(head, data))
 
 
 def test_params_block_is_compact_for_the_default_model():
@@ -133,7 +147,7 @@ def test_params_block_is_compact_for_the_default_model():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes_never_crash_the_parser(blob):
-    for candidate in (blob, MAGIC + bytes([1]) + blob):
+    for candidate in (blob, MAGIC + bytes([1]) + blob, MAGIC + bytes([1, 3]) + blob):
         try:
             container.read(candidate)
         except FormatError:

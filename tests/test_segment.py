@@ -27,7 +27,7 @@ def test_plain_text_is_one_text_region():
 
 
 def test_unsafe_bytes_split_text():
-    text = b"a" * 100
+    text = b"a" * MIN_TEXT_RUN
     for bad in UNSAFE:
         regions = split_regions(text + bad + text)
         assert [r.is_text for r in regions] == [True, False, True], bad
