@@ -41,6 +41,7 @@ class Settings:
     model: str | None
     streams: int | None = None
     window: int | None = None
+    level: int | None = None
 
 
 def _err(msg: str) -> None:
@@ -98,7 +99,8 @@ def _options(s: Settings, progress=None):
         kw["streams"] = s.streams
     if s.window is not None:
         kw["window"] = s.window
-        kw["slide"] = s.window // 2
+    if s.level is not None:
+        kw["level"] = s.level
     return Options(**kw)
 
 
@@ -269,12 +271,20 @@ def main() -> None:
     means standard input to standard output."""
 
 
+def _levels(f):
+    for n in range(9, 0, -1):
+        f = click.option(f"-{n}", "level", flag_value=n, hidden=n not in (1, 9),
+                         help="Fastest." if n == 1 else "Best ratio." if n == 9 else None)(f)
+    return f
+
+
 @main.command()
 @_common
+@_levels
 @click.option("--streams", type=click.IntRange(1, 256), help="Expert: parallel token streams.")
 @click.option("--window", type=click.IntRange(64, 32768), help="Expert: LLM context window.")
 def compress(files, **kw):
-    """Compress FILES to FILE.nc."""
+    """Compress FILES to FILE.nc. Levels -1 (fastest) ... -9 (best ratio); default -6."""
     return _process(files, _settings(kw), "compress")
 
 

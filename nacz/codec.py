@@ -21,14 +21,12 @@ from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .kernels import softmax_rows
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .models.ensemble import default_spec, make_ensemble
-from .resources import model_sha256, resolve_model_path
+from .presets import SINKS, preset
+from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
 
 CODER_SPEC = {"name": "constriction.range", "precision": 24, "perfect": False}
-DEFAULT_WINDOW, DEFAULT_SLIDE, DEFAULT_SINKS = 1024, 512, 4
-MIN_TOKENS_PER_STREAM = 4096  # shorter streams lose ratio to cold starts (DESIGN.md)
-DEFAULT_MAX_STREAMS = 16
 
 Progress = Callable[[float], None]  # fraction of the work done, 0..1
 
@@ -36,11 +34,13 @@ Progress = Callable[[float], None]  # fraction of the work done, 0..1
 @dataclass
 class Options:
     model: str | os.PathLike | None = None  # --model > $NACZ_MODEL > default
+    level: int | None = None  # 1..9, see presets; None = default level
     threads: int = 0  # 0 = all available cores; never changes the output
-    streams: int | None = None  # override of the stream policy
-    window: int = DEFAULT_WINDOW
-    slide: int = DEFAULT_SLIDE
-    sinks: int = DEFAULT_SINKS
+    # Expert overrides of the level's preset (all recorded in the header):
+    streams: int | None = None
+    window: int | None = None
+    slide: int | None = None  # default: half the window
+    sinks: int | None = None
     progress: Progress | None = None
 
 
@@ -49,12 +49,6 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def stream_count(n_tokens: int, max_streams: int = DEFAULT_MAX_STREAMS) -> int:
-    """Streams for an input: as many as keeps every stream long enough. Depends on the
-    input (and level) only, never on the machine."""
-    return max(1, min(max_streams, n_tokens // MIN_TOKENS_PER_STREAM))
 
 
 # -- the model, loaded once per process -------------------------------------------------
@@ -91,14 +85,29 @@ class Runtime:
 _runtimes: dict[tuple, Runtime] = {}
 
 
-def load_runtime(model: str | os.PathLike | None) -> Runtime:
-    path = resolve_model_path(model)
+def load_runtime_path(path: Path) -> Runtime:
     st = path.stat()
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _runtimes:
         _runtimes.clear()  # one model in memory at a time
         _runtimes[key] = Runtime(path)
     return _runtimes[key]
+
+
+def load_runtime(model: str | os.PathLike | None = None, fmt: str = "original"):
+    """The runtime for ``--model``/``$NACZ_MODEL``/default, re-quantised to ``fmt`` when
+    that is the default model (an explicit model is always used as given). Returns the
+    runtime; ``runtime.derived`` describes a derivation (for the header) or is None."""
+    base = resolve_model_path(model)
+    explicit = bool(model or os.environ.get(MODEL_ENV))
+    if fmt == "original" or explicit:
+        rt = load_runtime_path(base)
+        rt.derived = None
+        return rt
+    base_sha = model_sha256(base)
+    rt = load_runtime_path(derived_model(base, fmt, base_sha))
+    rt.derived = {"from": base_sha, "format": fmt}
+    return rt
 
 
 # -- containers without a neural part ------------------------------------------------
@@ -119,7 +128,8 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         _report(opts, 1.0)
         return fallback
 
-    rt = load_runtime(opts.model)
+    pre = preset(opts.level)
+    rt = load_runtime(opts.model, pre.model_format)
     token_lists: dict[int, np.ndarray] = {}
     checked: list[Region] = []
     for r in regions:
@@ -140,18 +150,22 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         b"".join(data[r.start:r.end] for r in regions if not r.is_text))
 
     tokens = np.concatenate([token_lists[r.start] for r in regions if r.is_text])
-    n_streams = opts.streams if opts.streams else stream_count(len(tokens))
+    n_streams = opts.streams if opts.streams else pre.streams_for(len(tokens))
     lengths = engine.split_streams(len(tokens), min(n_streams, hparams.MAX_STREAMS))
+    window = opts.window or pre.window
+    slide = opts.slide or (window // 2 if opts.window else pre.slide)
+    sinks = opts.sinks or SINKS
     threads = opts.threads or default_threads()
-    backend = rt.backend(opts.window, opts.slide, opts.sinks, threads)
+    backend = rt.backend(window, slide, sinks, threads)
     spec = default_spec()
     ensemble = make_ensemble(spec, rt.model.vocab_size)
     np_ = hparams.NeuralParams(
         model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
+        model_derived=rt.derived, level=pre.level,
         backend_name=backend.name, backend_version=llama.version(),
         fingerprint=rt.fingerprint(backend), cpu=llama.cpu_features(),
         vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
-        streams=tuple(lengths), window=opts.window, slide=opts.slide, sinks=opts.sinks,
+        streams=tuple(lengths), window=window, slide=slide, sinks=sinks,
         ensemble=spec, coder=dict(CODER_SPEC))
 
     # Stream s holds a contiguous run of the token sequence; row s of the matrix.
@@ -214,6 +228,31 @@ def decompress(data: bytes, options: Options | None = None) -> bytes:
     return out
 
 
+def _runtime_for(p: hparams.NeuralParams, opts: Options) -> Runtime:
+    """The model a file needs: the one given (or default), re-derived if the file was
+    made with a derived format of it."""
+    if p.model_derived is None:
+        rt = load_runtime_path(resolve_model_path(opts.model))
+        rt.derived = None
+        return rt
+    base = resolve_model_path(opts.model)
+    base_sha = model_sha256(base)
+    if base_sha != p.model_derived["from"]:
+        raise MismatchError(
+            f"file was compressed with {p.model_name}, derived from a model with sha256 "
+            f"{p.model_derived['from'][:12]}…, but {base.name} (sha256 {base_sha[:12]}…) is "
+            "in use; pass the original model with --model or NACZ_MODEL")
+    rt = load_runtime_path(derived_model(base, p.model_derived["format"], base_sha))
+    rt.derived = p.model_derived
+    if rt.sha256 != p.model_sha256:
+        raise MismatchError(
+            f"the {p.model_derived['format']} model derived here from {base.name} differs "
+            f"from the one the file was made with (sha256 {rt.sha256[:12]}… vs "
+            f"{p.model_sha256[:12]}…): llama.cpp's quantizer changed; use the same "
+            "llama-cpp-python version as the compressing side")
+    return rt
+
+
 def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
     """Refuse, before decoding, a file made with another model or an incompatible build."""
     if p.model_sha256 != rt.sha256:
@@ -236,7 +275,7 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     budget = 8 * len(c.neural_payload) + 64  # bits, with slack for the coder's tail
     if p.n_tokens * min_bits_per_symbol(p.vocab_size) > budget:
         raise FormatError("corrupt header (more tokens than the payload can hold)")
-    rt = load_runtime(opts.model)
+    rt = _runtime_for(p, opts)
     check_compatible(p, rt)
     ensemble = make_ensemble(p.ensemble, p.vocab_size)
     backend = rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads())

@@ -33,7 +33,11 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
             p = parse(c.params)
         except FormatError as e:
             raise FormatError(f"{e} in neural parameters") from None
+        lines.append(f"  level           {p.level}")
         lines.append(f"  model           {p.model_name} (sha256 {p.model_sha256[:16]})")
+        if p.model_derived:
+            lines.append(f"                  {p.model_derived['format']}, derived from sha256 "
+                         f"{p.model_derived['from'][:16]}")
         lines.append(f"  backend         {p.backend_name} (llama-cpp-python {p.backend_version}),"
                      f" fingerprint {p.fingerprint[:16]}")
         lines.append(f"  streams         {len(p.streams)} ({p.n_tokens} tokens, "

@@ -20,6 +20,8 @@ class NeuralParams:
     model_name: str
     model_sha256: str
     model_size: int
+    model_derived: dict | None  # {"from": base sha256, "format": "q8_0"} or None
+    level: int  # the preset used (informational: every value it chose is stored too)
     backend_name: str
     backend_version: str
     fingerprint: str
@@ -36,7 +38,9 @@ class NeuralParams:
     def to_dict(self) -> dict:
         return {
             "model": {"name": self.model_name, "sha256": self.model_sha256,
-                      "size": self.model_size},
+                      "size": self.model_size,
+                      **({"derived": self.model_derived} if self.model_derived else {})},
+            "level": self.level,
             "backend": {"name": self.backend_name, "version": self.backend_version,
                         "fingerprint": self.fingerprint, "cpu": self.cpu},
             "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token},
@@ -78,8 +82,18 @@ def _hex(v: object, where: str, length: int) -> str:
 
 def parse(d: dict) -> NeuralParams:
     d = _obj(d, "neural", {"model", "backend", "tokenizer", "streams", "context",
-                           "ensemble", "coder"})
-    m = _obj(d["model"], "model", {"name", "sha256", "size"})
+                           "ensemble", "coder", "level"})
+    m = d["model"]
+    m = _obj(m, "model", {"name", "sha256", "size"} | ({"derived"} if isinstance(m, dict)
+                                                        and "derived" in m else set()))
+    derived = None
+    if "derived" in m:
+        derived = _obj(m["derived"], "model derived", {"from", "format"})
+        derived = {"from": _hex(derived["from"], "derived from", 64),
+                   "format": _str(derived["format"], "derived format", 16)}
+        from .resources import DERIVED_FORMATS
+        if derived["format"] not in DERIVED_FORMATS:
+            raise FormatError(f"corrupt header (unknown model format {derived['format']!r})")
     b = _obj(d["backend"], "backend", {"name", "version", "fingerprint", "cpu"})
     t = _obj(d["tokenizer"], "tokenizer", {"vocab_size", "start_token"})
     c = _obj(d["context"], "context", {"window", "slide", "sinks"})
@@ -99,6 +113,7 @@ def parse(d: dict) -> NeuralParams:
         model_name=_str(m["name"], "model name"),
         model_sha256=_hex(m["sha256"], "model sha256", 64),
         model_size=_int(m["size"], "model size", 0, 1 << 50),
+        model_derived=derived, level=_int(d["level"], "level", 0, 9),
         backend_name=_str(b["name"], "backend name"),
         backend_version=_str(b["version"], "backend version"),
         fingerprint=_hex(b["fingerprint"], "fingerprint", 32),

@@ -241,6 +241,7 @@ class LlamaBackend:
 
 
 FTYPE_Q8_0 = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+FTYPES = {"q8_0": FTYPE_Q8_0}
 
 
 def quantize(src: Path, dst: Path, ftype: int = FTYPE_Q8_0, threads: int = 1) -> None:

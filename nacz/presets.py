@@ -1,0 +1,49 @@
+"""Compression levels -1 ... -9: named trade-offs between speed and ratio.
+
+A level only chooses parameters; every parameter it chooses is written into the file, so
+decompression never needs to know the level (it is recorded for ``nacz info`` only).
+Stream counts depend on the input's token count and the level, never on the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class Preset:
+    level: int
+    window: int  # LLM context per stream (tokens)
+    slide: int  # tokens dropped when the window is full
+    min_tokens_per_stream: int  # fewer streams than this would make them too short
+    max_streams: int
+    model_format: str  # "original" (the GGUF as given) or "q8_0" (derived, faster here)
+    ensemble: str  # name of the ensemble preset (see models.ensemble)
+
+    def streams_for(self, n_tokens: int) -> int:
+        return max(1, min(self.max_streams, n_tokens // self.min_tokens_per_stream))
+
+
+SINKS = 4  # first tokens kept when the window slides ("attention sinks", DESIGN.md)
+
+PRESETS = {
+    1: Preset(1, 256, 128, 512, 64, "q8_0", "full"),
+    2: Preset(2, 384, 192, 1024, 64, "q8_0", "full"),
+    3: Preset(3, 512, 256, 1024, 32, "q8_0", "full"),
+    4: Preset(4, 512, 256, 2048, 32, "q8_0", "full"),
+    5: Preset(5, 768, 384, 2048, 16, "q8_0", "full"),
+    6: Preset(6, 1024, 512, 4096, 16, "q8_0", "full"),
+    7: Preset(7, 1024, 512, 8192, 16, "q8_0", "full"),
+    8: Preset(8, 1536, 768, 16384, 8, "q8_0", "full"),
+    9: Preset(9, 2048, 1024, 32768, 4, "q8_0", "full"),
+}
+
+
+def preset(level: int | None) -> Preset:
+    if level is None:
+        level = DEFAULT_LEVEL
+    if level not in PRESETS:
+        raise ValueError(f"level must be 1..9, not {level}")
+    return PRESETS[level]
