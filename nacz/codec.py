@@ -18,15 +18,15 @@ from . import binary, container, engine, params as hparams
 from .backends import llama
 from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
-from .kernels import softmax_rows
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
-from .models.ensemble import default_spec, make_ensemble
+from .models.ensemble import default_spec, make_ensemble, probe_kind, probe_spec
 from .presets import SINKS, preset
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
 
 CODER_SPEC = {"name": "constriction.range", "precision": 24, "perfect": False}
+NO_BACKEND = "none"  # the backend name recorded for LLM-free files
 
 Progress = Callable[[float], None]  # fraction of the work done, 0..1
 
@@ -55,11 +55,13 @@ def default_threads() -> int:
 class Runtime:
     """A model file with its hash, weights, tokenizer, and (lazily) a backend."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, vocab_only: bool = False):
         self.path = path
+        self.vocab_only = vocab_only
+        self.derived = None
         self.sha256 = model_sha256(path)
         self.size = path.stat().st_size
-        self.model = llama.LlamaModel(path)
+        self.model = llama.LlamaModel(path, vocab_only=vocab_only)
         self.tokenizer = Tokenizer(self.model)
         self._probe = self.tokenizer.tokenize(llama.PROBE_TEXT)
         self._fingerprints: dict[tuple, str] = {}
@@ -67,17 +69,24 @@ class Runtime:
     def backend(self, window: int, slide: int, sinks: int, threads: int):
         return llama.LlamaBackend(self.model, window, slide, sinks, threads)
 
-    def fingerprint(self, backend) -> str:
-        """Hash of the LLM's exact logits on a fixed probe *and* of our probability kernel
-        on them (libm's exp may differ between CPUs too). Cached per backend setup."""
-        key = (backend.window, backend.slide, backend.sinks, backend.threads)
+    def fingerprint(self, backend, ensemble_spec: dict) -> str:
+        """Hash of the LLM's exact logits on a fixed probe (if there is an LLM) and of the
+        probabilities an ensemble of the same kind computes over that probe: libm's exp and
+        log can differ between CPUs too. Cached per setup."""
+        key = (None if backend is None else (backend.window, backend.slide, backend.sinks,
+                                             backend.threads), probe_kind(ensemble_spec))
         if key not in self._fingerprints:
-            logits = backend.probe(self._probe)
-            probs = np.empty(logits.shape, dtype=np.float64)
-            softmax_rows(logits, probs)
             h = hashlib.blake2b(digest_size=16)
-            h.update(logits.tobytes())
-            h.update(probs.tobytes())
+            logits = None if backend is None else backend.probe(self._probe)
+            if logits is not None:
+                h.update(logits.tobytes())
+            ens = make_ensemble(probe_spec(ensemble_spec, len(self._probe)),
+                                self.model.vocab_size)
+            ens.reset(1)
+            for i, tok in enumerate(self._probe.tolist()):
+                row = None if logits is None else logits[i:i + 1]
+                h.update(ens.predict(row, None, n_active=1).tobytes())
+                ens.update(np.array([tok], dtype=np.int32))
             self._fingerprints[key] = h.hexdigest()
         return self._fingerprints[key]
 
@@ -85,20 +94,34 @@ class Runtime:
 _runtimes: dict[tuple, Runtime] = {}
 
 
-def load_runtime_path(path: Path) -> Runtime:
+def load_runtime_path(path: Path, vocab_only: bool = False) -> Runtime:
+    """A loaded model, cached (one at a time); a full load serves vocab-only needs too."""
     st = path.stat()
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if key not in _runtimes:
-        _runtimes.clear()  # one model in memory at a time
-        _runtimes[key] = Runtime(path)
-    return _runtimes[key]
+    for only in (False, True) if vocab_only else (False,):
+        if key + (only,) in _runtimes:
+            return _runtimes[key + (only,)]
+    _runtimes.clear()
+    _runtimes[key + (vocab_only,)] = Runtime(path, vocab_only)
+    return _runtimes[key + (vocab_only,)]
+
+
+LLM_FREE = "none"  # --model none: no LLM; the default model's tokenizer only
+
+
+def is_llm_free(model) -> bool:
+    return isinstance(model, str) and model == LLM_FREE
 
 
 def load_runtime(model: str | os.PathLike | None = None, fmt: str = "original"):
     """The runtime for ``--model``/``$NACZ_MODEL``/default, re-quantised to ``fmt`` when
     that is the default model (an explicit model is always used as given). Returns the
     runtime; ``runtime.derived`` describes a derivation (for the header) or is None."""
-    base = resolve_model_path(model)
+    base = resolve_model_path(None if is_llm_free(model) else model)
+    if is_llm_free(model):
+        rt = load_runtime_path(base, vocab_only=True)
+        rt.derived = None
+        return rt
     explicit = bool(model or os.environ.get(MODEL_ENV))
     if fmt == "original" or explicit:
         rt = load_runtime_path(base)
@@ -129,7 +152,8 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         return fallback
 
     pre = preset(opts.level)
-    rt = load_runtime(opts.model, pre.model_format)
+    llm_free = is_llm_free(opts.model) or (pre.model_format == LLM_FREE and not opts.model)
+    rt = load_runtime(LLM_FREE if llm_free else opts.model, pre.model_format)
     token_lists: dict[int, np.ndarray] = {}
     checked: list[Region] = []
     for r in regions:
@@ -156,14 +180,16 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
     slide = opts.slide or (window // 2 if opts.window else pre.slide)
     sinks = opts.sinks or SINKS
     threads = opts.threads or default_threads()
-    backend = rt.backend(window, slide, sinks, threads)
-    spec = default_spec()
+    backend = None if llm_free else rt.backend(window, slide, sinks, threads)
+    spec = (default_spec(len(tokens), uses_llm=not llm_free) if pre.ensemble == "full"
+            else {"kind": "llm"})
     ensemble = make_ensemble(spec, rt.model.vocab_size)
     np_ = hparams.NeuralParams(
         model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
         model_derived=rt.derived, level=pre.level,
-        backend_name=backend.name, backend_version=llama.version(),
-        fingerprint=rt.fingerprint(backend), cpu=llama.cpu_features(),
+        backend_name=NO_BACKEND if llm_free else backend.name,
+        backend_version=llama.version(),
+        fingerprint=rt.fingerprint(backend, spec), cpu=llama.cpu_features(),
         vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
         streams=tuple(lengths), window=window, slide=slide, sinks=sinks,
         ensemble=spec, coder=dict(CODER_SPEC))
@@ -231,6 +257,10 @@ def decompress(data: bytes, options: Options | None = None) -> bytes:
 def _runtime_for(p: hparams.NeuralParams, opts: Options) -> Runtime:
     """The model a file needs: the one given (or default), re-derived if the file was
     made with a derived format of it."""
+    if p.backend_name == NO_BACKEND:  # the tokenizer only
+        rt = load_runtime_path(resolve_model_path(None if is_llm_free(opts.model)
+                                                  else opts.model), vocab_only=True)
+        return rt
     if p.model_derived is None:
         rt = load_runtime_path(resolve_model_path(opts.model))
         rt.derived = None
@@ -260,7 +290,7 @@ def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
             f"file was compressed with model {p.model_name} (sha256 {p.model_sha256[:12]}…) "
             f"but {rt.path.name} (sha256 {rt.sha256[:12]}…) is in use; "
             "pass that model with --model or NACZ_MODEL")
-    if p.backend_name != llama.NAME:
+    if p.backend_name not in (llama.NAME, NO_BACKEND):
         raise MismatchError(f"file needs backend {p.backend_name!r}, which this nacz lacks")
     if p.vocab_size != rt.model.vocab_size or p.start_token != rt.model.start_token:
         raise MismatchError("file's tokenizer parameters do not match the model")
@@ -278,8 +308,11 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     rt = _runtime_for(p, opts)
     check_compatible(p, rt)
     ensemble = make_ensemble(p.ensemble, p.vocab_size)
-    backend = rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads())
-    fp = rt.fingerprint(backend)
+    if (p.backend_name == NO_BACKEND) == ensemble.uses_llm:
+        raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
+    backend = (None if p.backend_name == NO_BACKEND else
+               rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads()))
+    fp = rt.fingerprint(backend, p.ensemble)
     if fp != p.fingerprint:
         raise MismatchError(_fingerprint_message(p, fp))
     decoder = Decoder(c.neural_payload)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import constriction  # a native module: import submodules as attributes
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, IntegrityError
 
 PRECISION_BITS = 24  # constriction's Categorical uses 24-bit fixed-point probabilities
 
@@ -48,4 +48,8 @@ class Decoder:
         self._family = _family()
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
-        return self._dec.decode(self._family, probs)
+        try:
+            return self._dec.decode(self._family, probs)
+        except (AssertionError, ValueError, RuntimeError) as e:
+            # constriction refuses data that no encoder could have produced.
+            raise IntegrityError(f"corrupt neural payload ({e})") from None

@@ -44,13 +44,20 @@ _U32 = struct.Struct("<I")
 # a typical block, so the usual keys and the default model's name and hash cost almost
 # nothing. Part of format version 1: changing it needs a new format version.
 PARAMS_DICT = (
+    b'"ssm":{"beta1":0.8,"beta2":0.99,"boost":3.0,"boost_steps":1000,"chunk":32,"clip":1.0,'
+    b'"count_prior":1,"d_conv":4,"d_model":32,"d_state":16,"dt_rank":2,"early_passes":2,'
+    b'"early_steps":64,"eps":0.001,"expand":2,"kind":"ssm","lr":0.003,"n_layers":2,'
+    b'"seed":1851876218,"version":1}}'
     b'{"backend":{"cpu":"SSE3,SSSE3,AVX,AVX2,F16C,FMA,BMI2,AVX512,AVX512_VBMI,AVX512_VNNI,'
     b'AVX512_BF16,LLAMAFILE,OPENMP,REPACK","fingerprint":"","name":"llama.cpp",'
     b'"version":"0.3.36"},"coder":{"name":"constriction.range","perfect":false,'
-    b'"precision":24},"context":{"sinks":4,"slide":512,"window":1024},'
-    b'"ensemble":{"kind":"llm"},"model":{"name":"SmolLM2-135M-Instruct.Q4_1.gguf",'
-    b'"sha256":"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",'
-    b'"size":98362432},"streams":[],"tokenizer":{"start_token":1,"vocab_size":49152}}')
+    b'"precision":24},"context":{"sinks":4,"slide":512,"window":1024},"ensemble":{"kind":'
+    b'"ensemble","llm":true,"mixer":{"dense":0,"kind":"mixed","n_tokens":,"preset":1,'
+    b'"version":1},"ssm":null},"level":6,"model":{"derived":{"format":"q8_0","from":'
+    b'"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},"name":'
+    b'"SmolLM2-135M-Instruct.Q4_1.b179c9523d0e6a0f.q8_0.gguf","sha256":'
+    b'"7b46609d11703c058397e5cfe4cc6e4b2508cb1eb4c80ddc472a5d421fbdb508","size":144811072},'
+    b'"streams":[],"tokenizer":{"start_token":1,"vocab_size":49152}}')
 
 
 def checksum(data: bytes) -> bytes:

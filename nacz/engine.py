@@ -19,16 +19,22 @@ class Backend(Protocol):
 
     def reset(self, n_streams: int) -> None: ...
 
-    def step(self, tokens: np.ndarray) -> np.ndarray:
+    def step(self, tokens: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
         """Feed one token to each of streams 0..len(tokens)-1; return their next-token
-        logits as a float32 array of shape (len(tokens), vocab_size)."""
+        logits as a float32 array of shape (len(tokens), vocab_size). Rows where ``want``
+        is False are not computed (their contents are undefined)."""
 
 
 class Ensemble(Protocol):
     def reset(self, n_streams: int) -> None: ...
 
-    def predict(self, logits: np.ndarray) -> np.ndarray:
-        """Logits (A, V) of the active streams -> probabilities (A, V) float64."""
+    def wants_llm(self, n_active: int) -> np.ndarray | None:
+        """Which active streams need LLM logits at this step (None: all of them)."""
+
+    def predict(self, logits: np.ndarray | None, want: np.ndarray | None = None,
+                n_active: int | None = None) -> np.ndarray:
+        """Logits (A, V) of the active streams (None without an LLM) -> probabilities
+        (A, V) float64."""
 
     def update(self, tokens: np.ndarray) -> None:
         """The true tokens of the active streams at this step (same order as predict)."""
@@ -58,20 +64,33 @@ def active_counts(lengths: Sequence[int]) -> np.ndarray:
     return (lengths[None, :] > steps[:, None]).sum(axis=1)
 
 
-def run(backend: Backend, ensemble: Ensemble, lengths: Sequence[int], start_token: int,
-        coder: CoderStep, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """Run the lockstep loop over streams of the given lengths; return each stream's tokens."""
+def run(backend: Backend | None, ensemble: Ensemble, lengths: Sequence[int], start_token: int,
+        coder: CoderStep, progress: Callable[[int], None] | None = None,
+        stats: dict | None = None) -> list[np.ndarray]:
+    """Run the lockstep loop over streams of the given lengths; return each stream's tokens.
+    ``backend`` None means no LLM (the ensemble predicts alone). ``stats``, if given,
+    receives counters (LLM rows asked for, rows skipped)."""
     counts = active_counts(lengths)
     n_streams = len(lengths)
-    backend.reset(n_streams)
+    if backend is not None:
+        backend.reset(n_streams)
     ensemble.reset(n_streams)
+    asked = skipped = 0
     out = np.zeros((n_streams, int(counts.size)), dtype=np.int32)
     prev = np.full(n_streams, start_token, dtype=np.int32)
     done = 0
     for t, active in enumerate(counts):
         active = int(active)
-        logits = backend.step(prev[:active])
-        probs = ensemble.predict(logits)
+        logits = want = None
+        if backend is not None:
+            want = ensemble.wants_llm(active)
+            # Every token enters the LLM's context, wanted or not: only the logits of
+            # confident streams are skipped, so both sides keep identical KV caches.
+            logits = backend.step(prev[:active], want)
+            n_want = active if want is None else int(want.sum())
+            asked += n_want
+            skipped += active - n_want
+        probs = ensemble.predict(logits, want, n_active=active)
         tokens = np.asarray(coder(probs, t), dtype=np.int32)
         if tokens.shape != (active,):
             raise AssertionError("coder returned the wrong number of tokens")
@@ -81,4 +100,6 @@ def run(backend: Backend, ensemble: Ensemble, lengths: Sequence[int], start_toke
         done += active
         if progress is not None:
             progress(done)
+    if stats is not None:
+        stats.update(llm_rows=asked, skipped_rows=skipped)
     return [out[s, :n].copy() for s, n in enumerate(lengths)]

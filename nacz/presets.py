@@ -19,7 +19,8 @@ class Preset:
     slide: int  # tokens dropped when the window is full
     min_tokens_per_stream: int  # fewer streams than this would make them too short
     max_streams: int
-    model_format: str  # "original" (the GGUF as given) or "q8_0" (derived, faster here)
+    model_format: str  # "original" (the GGUF as given), "q8_0" (derived, faster here), or
+    # "none": no LLM at all (the default model's tokenizer; SSM + n-grams + match + mixer)
     ensemble: str  # name of the ensemble preset (see models.ensemble)
 
     def streams_for(self, n_tokens: int) -> int:
@@ -29,7 +30,7 @@ class Preset:
 SINKS = 4  # first tokens kept when the window slides ("attention sinks", DESIGN.md)
 
 PRESETS = {
-    1: Preset(1, 256, 128, 512, 64, "q8_0", "full"),
+    1: Preset(1, 256, 128, 1024, 16, "none", "full"),
     2: Preset(2, 384, 192, 1024, 64, "q8_0", "full"),
     3: Preset(3, 512, 256, 1024, 32, "q8_0", "full"),
     4: Preset(4, 512, 256, 2048, 32, "q8_0", "full"),

@@ -43,8 +43,8 @@ def test_sliding_window_keeps_predicting(runtime):
 
 
 def test_fingerprint_is_deterministic_and_thread_independent(runtime):
-    fp1 = runtime.fingerprint(runtime.backend(1024, 512, 4, threads=1))
-    fp2 = runtime.fingerprint(runtime.backend(1024, 512, 4, threads=2))
+    fp1 = runtime.fingerprint(runtime.backend(1024, 512, 4, threads=1), {"kind": "llm"})
+    fp2 = runtime.fingerprint(runtime.backend(1024, 512, 4, threads=2), {"kind": "llm"})
     assert fp1 == fp2 and len(fp1) == 32
 
 
@@ -55,7 +55,7 @@ def test_fingerprint_differs_for_another_model(other_model):
     default = load_runtime(None)
     be = default.backend(1024, 512, 4, threads=2)
     ob = other.backend(1024, 512, 4, threads=2)
-    assert default.fingerprint(be) != other.fingerprint(ob)
+    assert default.fingerprint(be, {"kind": "llm"}) != other.fingerprint(ob, {"kind": "llm"})
 
 
 def test_cpu_features_are_reported():

@@ -19,11 +19,14 @@ import numpy as np
 
 from ..errors import NaczError
 
-# llama.cpp's OpenMP threads busy-wait between steps by default. On a machine where any
-# other process wants a core that is catastrophic: 700 bytes took 130 s with 2 threads
-# instead of 4 s (measured here under load); passive waiting costs little when idle.
-# libgomp reads this when llama.cpp is loaded, so it is set before the first import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# llama.cpp's OpenMP threads busy-wait between steps. Unbounded spinning (OMP_WAIT_POLICY
+# =ACTIVE, or libgomp's default of 300,000 spins) is catastrophic when another process wants
+# a core: 700 bytes took 130 s with 2 threads instead of 4 s. Never spinning (PASSIVE) costs
+# up to 3x when the machine is idle. A bounded spin measured best overall on 2 cores
+# (idle: 108 tok/s at 1 stream, 279 at 16; one busy neighbour: 45 and 101). The user's own
+# settings win; libgomp reads them when llama.cpp is loaded, hence before the import.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "30000"
 
 NAME = "llama.cpp"
 FLASH_ATTN_DISABLED = 0  # fixed, not "auto": the choice changes logits
@@ -192,12 +195,15 @@ class LlamaBackend:
             b.logits[i] = 1
         self._tok = np.ctypeslib.as_array(b.token, shape=(n_streams,))
         self._pos = np.ctypeslib.as_array(b.pos, shape=(n_streams,))
+        self._flags = np.ctypeslib.as_array(b.logits, shape=(n_streams,))
         self._n_streams = n_streams
         self._n_past = 0  # all active streams are at the same position (lockstep)
         self._logits = np.empty((n_streams, self.vocab_size), dtype=np.float32)
 
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed ``tokens[i]`` to stream i (i < A); return the (A, V) logits that follow."""
+    def step(self, tokens: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
+        """Feed ``tokens[i]`` to stream i (i < A); return the (A, V) logits that follow.
+        Rows where ``want`` is False are not computed (llama.cpp skips their output
+        layer) and hold stale values."""
         lib = _lib()
         active = len(tokens)
         if not 0 < active <= self._n_streams:
@@ -206,14 +212,21 @@ class LlamaBackend:
             self._slide(active)
         self._tok[:active] = tokens
         self._pos[:active] = self._n_past
+        self._flags[:active] = 1 if want is None else want
         self._batch.n_tokens = active
         rc = lib.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise NaczError(f"llama_decode failed (code {rc})")
         self._n_past += 1
-        ptr = lib.llama_get_logits(self._ctx)
         out = self._logits[:active]
-        out[...] = np.ctypeslib.as_array(ptr, shape=(active, self.vocab_size))
+        n_out = active if want is None else int(np.count_nonzero(want))
+        if n_out:
+            rows = np.ctypeslib.as_array(lib.llama_get_logits(self._ctx),
+                                         shape=(n_out, self.vocab_size))
+            if want is None:
+                out[...] = rows
+            else:
+                out[want] = rows  # outputs come in batch order
         return out
 
     def _slide(self, active: int) -> None:

@@ -1,0 +1,45 @@
+"""Write the golden files: small originals and their .nc files, decoded by the test suite
+forever (tests/test_golden.py). Run this only together with a format version bump: files
+already here must keep decoding with every later nacz.
+
+    python formats/golden/make_golden.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from nacz import codec  # noqa: E402
+
+PROSE = (b"A compressor is only worth using if a file written today decodes next year, and a "
+         b"damaged file fails loudly. These golden files pin the byte layout, the parameter "
+         b"block and the numerics behind every probability: if a change to nacz makes one of "
+         b"them decode differently, that change needs a new format version.\n")
+
+
+def originals() -> dict[str, tuple[bytes, codec.Options]]:
+    binary = bytes((i * 73 + 41) % 256 for i in range(600))
+    return {
+        "empty": (b"", codec.Options()),
+        "binary": (binary, codec.Options()),
+        "text": (PROSE, codec.Options()),
+        "text-llm-free": (PROSE * 2, codec.Options(model="none")),
+        "hybrid": (PROSE + bytes(range(40)) + b"\xff\xfe" * 8 + PROSE[::-1], codec.Options()),
+    }
+
+
+def main() -> None:
+    for name, (data, opts) in originals().items():
+        (HERE / f"{name}.bin").write_bytes(data)
+        packed = codec.compress(data, opts)
+        assert codec.decompress(packed) == data
+        (HERE / f"{name}.nc").write_bytes(packed)
+        print(f"{name}: {len(data)} -> {len(packed)} bytes")
+
+
+if __name__ == "__main__":
+    main()
