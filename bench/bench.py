@@ -137,7 +137,13 @@ def bench_file(path: Path, limit: int, nacz_args: list[str], raw_steps: int) -> 
         # Only now import nacz here: a big parent process would inflate the children's
         # peak RSS (ru_maxrss counts the forked image).
         params = nacz_info(nacz_times[2]) if nacz_times else {}
-        if params.get("streams"):
+        if params.get("streams") and params["backend"]["name"] == "none":
+            ct, dt, _ = nacz_times
+            n_tokens = sum(params["streams"])
+            print(f"\nnacz (no LLM): {n_tokens:,} tokens in {len(params['streams'])} streams; "
+                  f"compress {n_tokens / ct:.0f} tok/s, decompress {n_tokens / dt:.0f} tok/s "
+                  "(whole-process times, start-up included)")
+        elif params.get("streams"):
             ct, dt, _ = nacz_times
             streams = params["streams"]
             n_tokens = sum(streams)
