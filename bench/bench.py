@@ -84,16 +84,21 @@ def tools(nacz_args: list[str]) -> list[tuple[str, list[str], list[str]]]:
     return table
 
 
-def raw_decode_rate(n_streams: int, threads: int, steps: int, sample: bytes) -> float:
-    """Tokens/s of bare batched llama.cpp decode: the ceiling nacz is measured against."""
+def raw_decode_rate(params: dict, threads: int, steps: int, sample: bytes) -> float:
+    """Tokens/s of bare batched llama.cpp decode with the file's model, streams and window:
+    the ceiling nacz is measured against."""
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from nacz.codec import DEFAULT_SINKS, DEFAULT_SLIDE, DEFAULT_WINDOW, load_runtime
+    from nacz.codec import load_runtime
 
-    rt = load_runtime(None)
-    toks = rt.tokenizer.tokenize(sample) if sample else np.zeros(1, dtype=np.int32)
-    backend = rt.backend(DEFAULT_WINDOW, DEFAULT_SLIDE, DEFAULT_SINKS, threads)
+    n_streams = len(params["streams"])
+    fmt = params["model"].get("derived", {}).get("format", "original")
+    rt = load_runtime(None, fmt)
+    sample = bytes(b for b in sample if 32 <= b < 127) or b"text"  # tokenizer-safe
+    toks = rt.tokenizer.tokenize(sample)
+    ctx = params["context"]
+    backend = rt.backend(ctx["window"], ctx["slide"], ctx["sinks"], threads)
     backend.reset(n_streams)
     prev = np.full(n_streams, rt.model.start_token, dtype=np.int32)
     start = time.monotonic()
@@ -148,7 +153,7 @@ def bench_file(path: Path, limit: int, nacz_args: list[str], raw_steps: int) -> 
             streams = params["streams"]
             n_tokens = sum(streams)
             threads = _threads(nacz_args)
-            raw = raw_decode_rate(len(streams), threads, min(raw_steps, streams[0]), data[:20000])
+            raw = raw_decode_rate(params, threads, min(raw_steps, streams[0]), data[:20000])
             print(f"\nnacz: {n_tokens:,} tokens in {len(streams)} streams; "
                   f"compress {n_tokens / ct:.1f} tok/s, decompress {n_tokens / dt:.1f} tok/s; "
                   f"raw llama.cpp batched decode ({len(streams)} streams, {threads} threads) "

@@ -116,8 +116,13 @@ def _write_output(data: bytes, dest: str | None, src: str, s: Settings) -> None:
     from .fileio import atomic_write, copy_metadata
 
     if dest is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        out, view = sys.stdout.buffer, memoryview(data)
+        while view:  # an unbuffered stdout may take only part of a write
+            n = out.write(view)
+            if not n:
+                raise OSError("could not write to standard output")
+            view = view[n:]
+        out.flush()
         return
     with atomic_write(Path(dest), overwrite=s.force) as f:
         f.write(data)
@@ -180,7 +185,11 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
         dest = _plan(name, s, mode, status)
         if dest is False:
             continue
-        if name == "-" and decompressing and sys.stdin.isatty():
+        if dest is not None and name != "-" and os.path.exists(dest) and \
+                os.path.samefile(name, dest):
+            status.error(name, "input and output are the same file")
+            continue
+        if name == "-" and decompressing and sys.stdin.isatty() and not s.force:
             status.error(label, "compressed data cannot be read from a terminal")
             continue
         if mode == "compress" and dest is None and sys.stdout.isatty() and not s.force:
@@ -206,6 +215,8 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
                 progress.clear()
             status.error(label, str(e))
             continue
+        except BrokenPipeError:
+            raise  # the reader is gone: stop here (entry() exits quietly with 1)
         except OSError as e:
             if progress:
                 progress.clear()
@@ -219,7 +230,11 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
             status.error(label, f"internal error: {type(e).__name__}: {e}")
             continue
         if s.remove and name != "-" and dest is not None and mode != "test":
-            os.unlink(name)
+            try:
+                os.unlink(name)
+            except OSError as e:
+                status.error(name, f"output complete, but the input was not removed: "
+                                   f"{e.strerror or e}")
         if s.verbose:
             _summary(label, mode, data, result, time.monotonic() - started)
     return status.code

@@ -179,6 +179,10 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
     window = opts.window or pre.window
     slide = opts.slide or (window // 2 if opts.window else pre.slide)
     sinks = opts.sinks or SINKS
+    if len(lengths) * window > hparams.MAX_KV_CELLS or window > hparams.MAX_WINDOW:
+        raise NaczError(f"{len(lengths)} streams x window {window} exceed the KV cache "
+                        f"limit of {hparams.MAX_KV_CELLS} cells; use fewer streams or a "
+                        "smaller window")
     threads = opts.threads or default_threads()
     backend = None if llm_free else rt.backend(window, slide, sinks, threads)
     spec = (default_spec(len(tokens), uses_llm=not llm_free) if pre.ensemble == "full"
@@ -315,7 +319,7 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     fp = rt.fingerprint(backend, p.ensemble)
     if fp != p.fingerprint:
         raise MismatchError(_fingerprint_message(p, fp))
-    decoder = Decoder(c.neural_payload)
+    decoder = Decoder(c.neural_payload, p.vocab_size)
 
     def code(probs: np.ndarray, t: int) -> np.ndarray:
         return decoder(probs)

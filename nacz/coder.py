@@ -41,15 +41,26 @@ class Encoder:
 
 
 class Decoder:
-    def __init__(self, payload: bytes):
+    def __init__(self, payload: bytes, vocab_size: int):
         if len(payload) % 4:
             raise FormatError("corrupt neural payload (length is not a multiple of 4)")
-        self._dec = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+        self._dec = constriction.stream.queue.RangeDecoder(
+            np.frombuffer(payload, dtype="<u4").astype(np.uint32))
         self._family = _family()
+        # Once the payload is used up, what is left to decode must fit in the coder's
+        # final state (at most 64 bits), and no symbol is free: past this many symbols the
+        # header lied about the token count, so stop instead of decoding for days.
+        self._after_end_limit = int(64 / min_bits_per_symbol(vocab_size)) + 1
+        self._after_end = 0
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         try:
-            return self._dec.decode(self._family, probs)
+            out = self._dec.decode(self._family, probs)
         except (AssertionError, ValueError, RuntimeError) as e:
             # constriction refuses data that no encoder could have produced.
             raise IntegrityError(f"corrupt neural payload ({e})") from None
+        if self._dec.maybe_exhausted():
+            self._after_end += len(out)
+            if self._after_end > self._after_end_limit:
+                raise IntegrityError("corrupt file (more tokens than the neural payload holds)")
+        return out

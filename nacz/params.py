@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from .errors import FormatError
 
 MAX_STREAMS = 256  # llama.cpp's limit on sequences per context
-MIN_WINDOW, MAX_WINDOW = 16, 1 << 17
+MIN_WINDOW, MAX_WINDOW = 16, 1 << 15
+# KV cells over all streams (~23 KB each for SmolLM2): bounds what a header can make us
+# allocate (65,536 cells is ~1.5 GB); every level stays far below it.
+MAX_KV_CELLS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def parse(d: dict) -> NeuralParams:
         raise FormatError("corrupt header (stream lengths not in order)")
     vocab = _int(t["vocab_size"], "vocab_size", 2, 1 << 24)
     window = _int(c["window"], "window", MIN_WINDOW, MAX_WINDOW)
+    if len(streams) * window > MAX_KV_CELLS:
+        raise FormatError("corrupt header (streams x window exceeds the KV cache limit)")
     sinks = _int(c["sinks"], "sinks", 1, window // 2)
     slide = _int(c["slide"], "slide", 1, window - sinks - 1)
     if not isinstance(d["ensemble"], dict) or not isinstance(d["coder"], dict):

@@ -218,3 +218,15 @@ def test_interrupt_leaves_no_partial_output(tmp_path, big_compressed, sig, code,
     assert b"Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # no output, no temp
     assert src.read_bytes() == before
+
+
+def test_same_input_and_output_is_refused(tmp_path, sample):
+    r = run_nacz("compress", "-f", "--rm", "-o", sample, sample)
+    assert_one_line_error(r)
+    assert sample.read_bytes() == TEXT
+
+
+def test_broken_pipe_is_quiet(sample):
+    cmd = f"{sys.executable} -m nacz compress -c {sample} | (exec 0<&-; sleep 0.5)"
+    r = subprocess.run(cmd, shell=True, capture_output=True, timeout=300, executable="/bin/bash")
+    assert b"Traceback" not in r.stderr and b"Exception ignored" not in r.stderr

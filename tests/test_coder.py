@@ -24,7 +24,7 @@ def test_batched_round_trip_and_cost():
         symbols.append(sym)
     payload = encoder.finish()
     assert len(payload) % 4 == 0
-    decoder = Decoder(payload)
+    decoder = Decoder(payload, V)
     for probs, sym in zip(rows, symbols):
         assert np.array_equal(decoder(probs), sym)
     info = sum(-np.log2(p[np.arange(len(s)), s]).sum() for p, s in zip(rows, symbols))
@@ -38,4 +38,19 @@ def test_min_bits_bound_is_positive_for_large_vocabularies():
 
 def test_payload_of_odd_length_is_rejected():
     with pytest.raises(FormatError):
-        Decoder(b"\x00\x01\x02")
+        Decoder(b"\x00\x01\x02", 256)
+
+
+def test_decoding_past_the_payload_is_stopped():
+    """A header claiming far more tokens than a payload holds: decoding stops, loudly."""
+    from nacz.errors import IntegrityError
+    V = 49152
+    probs = np.full((16, V), 1.0 / V)
+    probs[:, 7] = 1.0  # very predictable symbols: each costs little
+    probs /= probs.sum(axis=1, keepdims=True)
+    enc = Encoder()
+    enc(np.full(16, 7, dtype=np.int32), probs)
+    dec = Decoder(enc.finish(), V)
+    with pytest.raises(IntegrityError, match="more tokens|corrupt neural payload"):
+        for _ in range(100000):
+            dec(probs)

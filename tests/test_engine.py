@@ -53,7 +53,7 @@ def test_one_loop_two_directions_with_the_real_coder():
     out = engine.run(backend, LLMOnly(50), lengths, 0,
                      lambda probs, t: enc(matrix[:probs.shape[0], t], probs))
     assert backend.calls == [3, 3, 3, 3, 2]
-    dec = Decoder(enc.finish())
+    dec = Decoder(enc.finish(), 50)
     back = engine.run(_Counting(), LLMOnly(50), lengths, 0, lambda probs, t: dec(probs))
     for a, b, c in zip(out, back, streams):
         assert a.tolist() == b.tolist() == c.tolist()
