@@ -73,7 +73,7 @@ def _reseal(raw: bytes, mutate) -> bytes:
     return container.write(c)
 
 
-@settings(max_examples=max(10, FUZZ_EXAMPLES // 4), deadline=None,
+@settings(max_examples=max(8, FUZZ_EXAMPLES // 10), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_fuzz_resealed_headers_never_give_wrong_bytes(small_hybrid, data):
