@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings, strategies as st
