@@ -20,7 +20,7 @@ from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .models.ensemble import default_spec, make_ensemble, probe_kind, probe_spec
-from .presets import SINKS, preset
+from .presets import SINKS, SSM_MIN_TOKENS, preset
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
@@ -185,8 +185,11 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
                         "smaller window")
     threads = opts.threads or default_threads()
     backend = None if llm_free else rt.backend(window, slide, sinks, threads)
-    spec = (default_spec(len(tokens), uses_llm=not llm_free) if pre.ensemble == "full"
-            else {"kind": "llm"})
+    with_ssm = None  # the default: SSM only without an LLM
+    if pre.ensemble == "full+ssm" and len(tokens) >= SSM_MIN_TOKENS:
+        with_ssm = True
+    spec = (default_spec(len(tokens), uses_llm=not llm_free, with_ssm=with_ssm)
+            if pre.ensemble in ("full", "full+ssm") else {"kind": "llm"})
     ensemble = make_ensemble(spec, rt.model.vocab_size)
     np_ = hparams.NeuralParams(
         model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,

@@ -75,6 +75,8 @@ def small_spec(n_tokens=2000, vocab=SMALL_V, **kw):
     spec = default_spec(n_tokens, vocab, **kw)
     if spec["skip"] is not None:
         spec["skip"].update(min_len=8, min_tries=4, permille=900)
+        if "det_permille" in spec["skip"]:
+            spec["skip"].update(det_min_tries=4, det_permille=900)
     return spec
 
 
@@ -105,6 +107,10 @@ def test_parts_switched_off_stay_symmetric(part):
         spec.update(ngram=None, match=None, bias=None, skip=None)
     elif part == "match":
         spec.update(match=None, skip=None)
+    elif part == "ngram":  # the deterministic-context skip rule reads the n-gram tables
+        spec.update(ngram=None)
+        for k in ("det_permille", "det_min_tries"):
+            del spec["skip"][k]
     else:
         spec[part] = None
     tokens = repetitive_tokens(801, SMALL_V, seed=2)
@@ -274,6 +280,57 @@ def test_llm_free_mode_learns_and_skip_engages():
     assert skipped > len(tokens) // 2
 
 
+def templated_tokens(n_records: int, seed: int = 4) -> np.ndarray:
+    """Log-like records: fixed template tokens around random field values, so every
+    exact match is short but the template's contexts are deterministic."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_records):
+        for field in range(5):
+            out += [100 + field, 200 + field, 300 + field]  # the template
+            out += list(rng.integers(1000, 1400, 2))  # the values
+    return np.array(out, dtype=np.int32)
+
+
+def test_deterministic_skip_fires_on_templates_and_is_calibrated():
+    V = 2048
+    tokens = templated_tokens(400)
+    pool = np.random.default_rng(3).standard_normal((8, V)).astype(np.float32)
+
+    def run(preset):
+        ens = MixedEnsemble(mixed.preset_spec(len(tokens), preset=preset), V)
+        ens.reset(1)
+        skipped = right = 0
+        for i, y in enumerate(tokens):
+            conf = ens.confident(1)
+            if conf[0]:
+                skipped += 1
+                right += int(ens._guess_tok[0] == y)
+            ens.predict(pool[i % 8][None, :], ~conf)
+            ens.update(np.array([y], np.int32))
+        return skipped, right
+
+    assert run(1) == (0, 0)  # preset 1: matches of 32 tokens never happen here
+    skipped, right = run(2)
+    # template tokens follow deterministically (after calibration: 19% of all here)
+    assert skipped > 0.15 * len(tokens) and right >= 0.99 * skipped
+
+
+def test_deterministic_guess_reads_the_highest_order_context():
+    spec = small_spec(500)
+    ens = MixedEnsemble(spec, SMALL_V)
+    ens.reset(2)
+    seq = [5, 6, 7, 5, 6, 7, 5, 6]
+    pool = np.zeros((2, SMALL_V), np.float32)
+    for y in seq:
+        ens.confident(2)
+        ens.predict(pool, np.ones(2, bool))
+        ens.update(np.array([y, y], np.int32))
+    ens.confident(2)
+    assert list(ens._guess_tok[:2]) == [7, 7]  # "... 5 6" has only ever been followed by 7
+    assert all(k >= 0 for k in ens._guess_key[:2])
+
+
 def test_memory_for_a_10mb_input_stays_under_the_cap():
     cap = mixed.DEFAULT_MAX_BYTES
     for n_tokens in (3_000_000, 10_000_000):  # ~3.4 bytes/token; worst case 1 byte/token
@@ -376,22 +433,27 @@ def test_an_informative_dense_input_is_used_and_trusted():
 
 
 PRESET_1_DIGEST = "0a72072b7586dbbf8972c0d9203b93d53b3ce3b5a639f65d38aaf4bf5f4afc62"
+PRESET_2_DIGEST = "f472b77f2c28debd2d4ef1c703666b83147c17d236905a9e93f16e82afb0629e"
 
 
-def _preset_expansions():
+def _preset_expansions(preset):
     import hashlib
     h = hashlib.sha256()
     for vocab in (600, 49152):
         for n in (1, 993, 4096, 123_457, 3_000_000, 10_000_000, 1 << 40):
             for dense in (0, 1):
-                full = mixed.expand(mixed.preset_spec(n, dense, preset=1), vocab)
+                full = mixed.expand(mixed.preset_spec(n, dense, preset=preset), vocab)
                 h.update(json.dumps(full, sort_keys=True).encode())
     return h.hexdigest()
 
 
 def test_preset_1_is_frozen():
     """Old files name preset 1 and rely on its expansion: it may never change."""
-    assert _preset_expansions() == PRESET_1_DIGEST
+    assert _preset_expansions(1) == PRESET_1_DIGEST
+
+
+def test_preset_2_is_frozen():
+    assert _preset_expansions(2) == PRESET_2_DIGEST
 
 
 def test_compact_spec_round_trip():

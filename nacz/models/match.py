@@ -39,7 +39,7 @@ import math
 import numba
 import numpy as np
 
-from .mixer import (bad, check_keys, get_float, get_int, get_int_list, increasing,
+from .mixer import (bad, bucket, check_keys, get_float, get_int, get_int_list, increasing,
                     refresh_kernel_cache)
 from .ngram import MAX_ORDER, fmix64, ring_token
 
@@ -70,12 +70,9 @@ def context_hash(ring, count, s, n):
     return fmix64(h)
 
 
-@numba.njit(cache=True, nogil=True)
-def length_bucket(n, edges):
-    b = 0
-    while b < edges.shape[0] and n >= edges[b]:
-        b += 1
-    return b
+# The confidence context of a match: how many length edges it has reached (the mixer's
+# bucket function, under the name this model's callers know).
+length_bucket = bucket
 
 
 @numba.njit(cache=True, nogil=True)

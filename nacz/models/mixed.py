@@ -39,7 +39,8 @@ from .match import MatchModel, apm_update, length_bucket, match_update, predicte
 from .mixer import (MixerWeights, bad, bias_exp, bucket, check_keys, clamp, copy_pass,
                     dense_pass, get_int, normalize, normalize_split, refresh_kernel_cache,
                     row_max, sparse_pass)
-from .ngram import MAX_ORDER, N_CONF, NGramTables, context_hashes, gather, table_insert
+from .ngram import (MAX_ORDER, N_CONF, NGramTables, context_hashes, deterministic_guess,
+                    gather, table_insert)
 
 KIND = "mixed"
 VERSION = 1
@@ -52,7 +53,7 @@ SPEC_KEYS = {"kind", "version", "ngram", "match", "bias", "mixer", "skip"}
 # -- spec ------------------------------------------------------------------------------
 def default_spec(n_tokens: int, vocab_size: int = 49152, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  n_dense: int = 0, ngram: bool = True, match: bool = True,
-                 bias: bool = True, skip: bool = True) -> dict:
+                 bias: bool = True, skip: bool = True, det_skip: bool = True) -> dict:
     """The default ensemble for an input of ``n_tokens`` tokens; the n-gram and match
     tables together stay within ``max_bytes``."""
     n_tokens = max(1, int(n_tokens))
@@ -67,16 +68,37 @@ def default_spec(n_tokens: int, vocab_size: int = 49152, *, max_bytes: int = DEF
         if match else None,
         "bias": bias_mod.default_spec() if bias else None,
         "mixer": mixer_mod.default_spec(n_dense),
-        "skip": {"min_len": 32, "permille": 990, "min_tries": 256} if (skip and match)
-        else None,
+        "skip": skip_spec(ngram and det_skip) if (skip and match) else None,
     }
 
 
+def skip_spec(deterministic: bool) -> dict:
+    """Skip the LLM where a long match has been right >= 99% of the time at its length;
+    with ``deterministic``, also where the highest-order n-gram context present has only
+    ever seen one token and such contexts (same order and count) were right >= 99.5% of
+    the time (both after enough tries). The second rule is what fires on logs and other
+    templated text, whose matches are short."""
+    spec = {"min_len": 32, "permille": 990, "min_tries": 256}
+    if deterministic:
+        spec.update(det_permille=995, det_min_tries=256)
+    return spec
+
+
+SKIP_KEYS = {"min_len", "permille", "min_tries"}
+DET_SKIP_KEYS = {"det_permille", "det_min_tries"}  # optional (absent in preset 1)
+
+
 def validate_skip(spec: object) -> dict:
-    d = check_keys(spec, "skip", {"min_len", "permille", "min_tries"})
-    return {"min_len": get_int(d, "min_len", 1, match_mod.MAX_LEN),
-            "permille": get_int(d, "permille", 0, 1000),
-            "min_tries": get_int(d, "min_tries", 0, 1 << 30)}
+    keys = SKIP_KEYS | DET_SKIP_KEYS if isinstance(spec, dict) and "det_permille" in spec \
+        else SKIP_KEYS
+    d = check_keys(spec, "skip", keys)
+    out = {"min_len": get_int(d, "min_len", 1, match_mod.MAX_LEN),
+           "permille": get_int(d, "permille", 0, 1000),
+           "min_tries": get_int(d, "min_tries", 0, 1 << 30)}
+    if keys is not SKIP_KEYS:
+        out["det_permille"] = get_int(d, "det_permille", 0, 1000)
+        out["det_min_tries"] = get_int(d, "det_min_tries", 0, 1 << 30)
+    return out
 
 
 def validate(spec: object) -> dict:
@@ -92,6 +114,8 @@ def validate(spec: object) -> dict:
            "skip": None if d["skip"] is None else validate_skip(d["skip"])}
     if out["skip"] is not None and out["match"] is None:
         raise bad("skip needs the match model")
+    if out["skip"] is not None and "det_permille" in out["skip"] and out["ngram"] is None:
+        raise bad("deterministic skip needs the n-gram tables")
     if tables_bytes(out) > HARD_MAX_BYTES:
         raise bad("tables too large")
     return out
@@ -108,11 +132,16 @@ MAX_PRESET_TOKENS = 1 << 48
 
 
 def _preset_1(n_tokens: int, vocab_size: int, n_dense: int) -> dict:
-    return default_spec(n_tokens, vocab_size, n_dense=n_dense)
+    return default_spec(n_tokens, vocab_size, n_dense=n_dense, det_skip=False)
 
 
-PRESETS = {1: _preset_1}
-LATEST_PRESET = 1
+def _preset_2(n_tokens: int, vocab_size: int, n_dense: int) -> dict:
+    """Preset 1 plus the deterministic-context skip rule."""
+    return default_spec(n_tokens, vocab_size, n_dense=n_dense, det_skip=True)
+
+
+PRESETS = {1: _preset_1, 2: _preset_2}
+LATEST_PRESET = 2
 
 
 def preset_spec(n_tokens: int, n_dense: int = 0, preset: int = LATEST_PRESET) -> dict:
@@ -416,6 +445,12 @@ class MixedEnsemble:
         self._cell_w = np.zeros((S, 2), dtype=np.float64)
         self._sums = np.zeros((S, 2 + max(1, self.n_dense)), dtype=np.float64)
         self._gbuf = np.zeros(no, dtype=np.float64)
+        # deterministic-context skip: this step's guesses and their calibration counts
+        self._guess_tok = np.full(S, -1, dtype=np.int32)
+        self._guess_key = np.full(S, -1, dtype=np.int64)
+        self._hbuf = np.zeros(no, dtype=np.uint64)
+        self._det_hits = np.zeros(no * 16, dtype=np.int64)
+        self._det_tries = np.zeros(no * 16, dtype=np.int64)
         self._add.fill(0.0)
         self._mark.fill(0)
         self._pending = None
@@ -433,6 +468,17 @@ class MixedEnsemble:
             m = self.match
             match_mod.confident(A, m.mlen, m.hits, m.tries, m.edges, k["min_len"],
                                 k["permille"], k["min_tries"], out)
+            if "det_permille" in k:
+                ng = self.ngram
+                deterministic_guess(ng.tab, ng.bases, ng.masks, ng.width, self._ring,
+                                    self._rcount, ng.orders, A, self._hbuf,
+                                    self._guess_tok, self._guess_key)
+                key = self._guess_key[:A]
+                has = key >= 0
+                kk = np.where(has, key, 0)
+                tries, hits = self._det_tries[kk], self._det_hits[kk]
+                out |= has & (tries >= k["det_min_tries"]) & \
+                    (hits * 1000 >= k["det_permille"] * tries)
         return out
 
     def predict(self, logits: np.ndarray | None, has_llm: np.ndarray | None = None,
@@ -514,6 +560,14 @@ class MixedEnsemble:
             raise ValueError(f"expected {A} tokens")
         if A and (int(toks.min()) < 0 or int(toks.max()) >= self.vocab_size):
             raise ValueError("token outside the vocabulary")
+        if self._skip is not None and "det_permille" in self._skip:
+            # calibrate the guesses confident() made for this step (both sides alike)
+            key = self._guess_key[:A]
+            has = key >= 0
+            np.add.at(self._det_tries, key[has], 1)
+            np.add.at(self._det_hits, key[has],
+                      (toks[has] == self._guess_tok[:A][has]).astype(np.int64))
+            self._guess_key[:A] = -1
         ng, m, mx = self.ngram, self.match, self.mixer
         bmax = _update(
             A, toks, lg, hl, dn, self.n_dense, self._probs,

@@ -197,6 +197,37 @@ def gather(tab, bases, masks, width, hashes, logtab, sp_tok, sp_ord, sp_val, con
 
 
 @numba.njit(cache=True, nogil=True)
+def deterministic_guess(tab, bases, masks, width, ring, count, orders, A, hbuf, tok, key):
+    """For streams 0..A-1: if the highest-order context present in the tables has seen
+    one token only, that token (tok[s]) and its calibration key (key[s] = order index *
+    16 + min(count, 15)); else -1 in both. Reads the tables, changes nothing."""
+    n_orders = orders.shape[0]
+    for s in range(A):
+        tok[s] = -1
+        key[s] = -1
+        context_hashes(ring, count, s, orders, hbuf)
+        for j in range(n_orders - 1, -1, -1):
+            h = hbuf[j]
+            if h == np.uint64(0):
+                continue
+            at = find_slot(tab, bases[j], masks[j], width, h)
+            if at < 0:
+                continue
+            distinct = 0
+            last = np.uint32(0)
+            for e in range(1, width):
+                v = tab[at + e]
+                if v != np.uint32(0):
+                    distinct += 1
+                    last = v
+            if distinct == 1:
+                c = np.int64(last >> np.uint32(TOKEN_BITS))
+                tok[s] = np.int32(last & np.uint32(TOKEN_MASK))
+                key[s] = j * 16 + min(c, 15)
+            break
+
+
+@numba.njit(cache=True, nogil=True)
 def log_table(alphas, out):
     """out[j, c] = log(1 + c / alpha_j), with libm's log (never numpy's SIMD log)."""
     for j in range(out.shape[0]):
