@@ -175,6 +175,10 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
     from .backends import llama
 
     llama.set_verbose(max(0, s.verbose - 1))
+    if s.verbose:
+        from . import native
+        _err(f"nacz: SSM kernels {native.ssm_impl()}, llama-cpp-python {llama.version()} "
+             f"({llama.cpu_features() or 'no CPU features reported'})")
     status = _Status()
     names = list(files) or ["-"]
     if s.output and len(names) > 1:
@@ -318,13 +322,22 @@ def test_cmd(files, **kw):
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
 @click.option("-v", "--verbose", is_flag=True, help="List every segment.")
-def info(files, verbose):
-    """Describe nacz files without decoding them."""
-    from .info import describe
+@click.option("--backends", is_flag=True,
+              help="Show the llama.cpp build, CPU features and SSM kernels (C or numba).")
+def info(files, verbose, backends):
+    """Describe nacz files without decoding them (and/or this installation: --backends)."""
+    from .info import describe, describe_backends
 
+    if not files and not backends:
+        raise click.UsageError("give FILES to describe, or --backends")
     status = _Status()
+    if backends:
+        try:
+            click.echo(describe_backends())
+        except NaczError as e:
+            status.error("backends", str(e))
     for name in files:
         try:
             if name == "-" and sys.stdin.isatty():
@@ -335,6 +348,8 @@ def info(files, verbose):
             status.error(name, str(e))
         except OSError as e:
             status.error(name, e.strerror or str(e))
+        except Exception as e:  # noqa: BLE001 - a bug must still be one line, exit 1
+            status.error(name, f"internal error: {type(e).__name__}: {e}")
     return status.code
 
 

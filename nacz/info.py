@@ -52,3 +52,32 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
                          f"{s.orig_len} bytes{what}")
             offset += s.orig_len
     return "\n".join(lines)
+
+
+def describe_backends() -> str:
+    """What this installation computes with (``nacz info --backends``): the llama.cpp
+    build and the CPU features it uses, the SSM implementation (C or numba), the coder and
+    the default model. Probability-relevant differences show up in the fingerprint."""
+    from importlib.metadata import version
+
+    from . import native, resources
+    from .backends import llama
+
+    impl = native.ssm_impl()
+    if impl == "c":
+        ssm = f"C ({native.c_library_path()})"
+    else:
+        why = "forced by NACZ_SSM_IMPL" if native.c_available() else "C library not built"
+        ssm = f"numba {version('numba')} ({why})"
+    lines = ["backends",
+             f"  llama.cpp       llama-cpp-python {llama.version()}",
+             f"  CPU features    {llama.cpu_features() or 'none reported'}",
+             f"  SSM kernels     {ssm}",
+             f"  ensemble        numba {version('numba')}",
+             f"  range coder     constriction {version('constriction')}"]
+    try:
+        model = resources.default_model_path()
+        lines.append(f"  default model   {model}")
+    except Exception as e:  # noqa: BLE001 - report, not fail: info must work without it
+        lines.append(f"  default model   unavailable: {e}")
+    return "\n".join(lines)

@@ -114,6 +114,22 @@ def test_test_and_info(compressed):
         assert word in out
 
 
+@pytest.mark.parametrize("impl", ["c", "numba"])
+def test_info_backends_names_the_ssm_kernels(impl):
+    from nacz import native
+
+    if impl == "c" and not native.c_available():
+        pytest.skip("C SSM library not built here")
+    r = run_nacz("info", "--backends", env={"NACZ_SSM_IMPL": impl})
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    ssm_line = next(line for line in out.splitlines() if "SSM kernels" in line)
+    assert ssm_line.split()[2] == ("C" if impl == "c" else "numba")
+    assert "llama-cpp-python" in out and "CPU features" in out
+    r = run_nacz("info")  # neither files nor --backends
+    assert r.returncode == 1
+
+
 def test_usage_errors_exit_1():
     r = run_nacz("compress", "--threads", "many")
     assert r.returncode == 1 and b"Traceback" not in r.stderr
