@@ -1,6 +1,6 @@
 """Peak memory of `nacz compress` on a large input, sampled while it runs.
 
-Usage: python bench/rss.py FILE [--seconds N] [-- NACZ_COMPRESS_ARGS...]
+Usage: python bench/rss.py [--seconds N] FILE [-- NACZ_COMPRESS_ARGS...]
 
 Runs `nacz compress -c` on FILE (output discarded) and samples the process's resident set
 (VmRSS) and high-water mark (VmHWM) once a second. With --seconds it stops the run after N
@@ -33,8 +33,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("file", type=Path)
     ap.add_argument("--seconds", type=float, default=None)
-    ap.add_argument("nacz_args", nargs="*")
+    ap.add_argument("nacz_args", nargs=argparse.REMAINDER,
+                    help="after --: options for nacz compress (e.g. -- -1)")
     args = ap.parse_args()
+    args.nacz_args = [a for a in args.nacz_args if a != "--"]
     cmd = [sys.executable, "-m", "nacz", "compress", "-c", "-f", *args.nacz_args, str(args.file)]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
