@@ -270,7 +270,8 @@ def _common(f):
         click.option("-T", "--threads", type=click.IntRange(min=0), default=0,
                      show_default=True, help="CPU threads for the LLM (0 = all cores)."),
         click.option("--model", metavar="PATH",
-                     help="GGUF model (default: $NACZ_MODEL, else SmolLM2-135M)."),
+                     help="GGUF model (default: $NACZ_MODEL, else SmolLM2-135M); 'none': "
+                          "no LLM (the settings of -1)."),
     ]
     for d in reversed(decorators):
         f = d(f)

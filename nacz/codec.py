@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from . import binary, container, engine, params as hparams
+from . import alphabet, binary, container, engine, params as hparams
 from .backends import llama
 from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .models.ensemble import default_spec, make_ensemble, probe_kind, probe_spec
-from .presets import SINKS, SSM_MIN_TOKENS, preset
+from .presets import LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, preset
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
@@ -153,6 +153,8 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
 
     pre = preset(opts.level)
     llm_free = is_llm_free(opts.model) or (pre.model_format == LLM_FREE and not opts.model)
+    if llm_free and pre.model_format != LLM_FREE:
+        pre = preset(LLM_FREE_LEVEL)  # --model none: the LLM-free level's settings
     rt = load_runtime(LLM_FREE if llm_free else opts.model, pre.model_format)
     token_lists: dict[int, np.ndarray] = {}
     checked: list[Region] = []
@@ -190,7 +192,11 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         with_ssm = True
     spec = (default_spec(len(tokens), uses_llm=not llm_free, with_ssm=with_ssm)
             if pre.ensemble in ("full", "full+ssm") else {"kind": "llm"})
-    ensemble = make_ensemble(spec, rt.model.vocab_size)
+    # Without an LLM, tokens are coded among the types that occur (alphabet.py).
+    types = alphabet.types_of(tokens, rt.model.vocab_size) if llm_free else None
+    if types is not None:
+        tokens = alphabet.to_indices(tokens, types)
+    ensemble = make_ensemble(spec, rt.model.vocab_size if types is None else len(types))
     np_ = hparams.NeuralParams(
         model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
         model_derived=rt.derived, level=pre.level,
@@ -199,7 +205,8 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         fingerprint=rt.fingerprint(backend, spec), cpu=llama.cpu_features(),
         vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
         streams=tuple(lengths), window=window, slide=slide, sinks=sinks,
-        ensemble=spec, coder=dict(CODER_SPEC))
+        ensemble=spec, coder=dict(CODER_SPEC),
+        alphabet=None if types is None else len(types))
 
     # Stream s holds a contiguous run of the token sequence; row s of the matrix.
     matrix = np.zeros((len(lengths), lengths[0]), dtype=np.int32)
@@ -208,6 +215,10 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         matrix[s, :n] = tokens[offset:offset + n]
         offset += n
     encoder = Encoder()
+    if types is not None:
+        bits = alphabet.bitmap(types, rt.model.vocab_size)
+        alphabet.code_bitmap(rt.model.vocab_size, len(types),
+                             lambda p, i: encoder.bits(bits[i:i + len(p)], p))
 
     def code(probs: np.ndarray, t: int) -> np.ndarray:
         return encoder(matrix[:probs.shape[0], t], probs)
@@ -310,11 +321,13 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     if sum(s.tokens for s in neural_segs) != p.n_tokens:
         raise FormatError("corrupt header (stream lengths do not match the segment table)")
     budget = 8 * len(c.neural_payload) + 64  # bits, with slack for the coder's tail
-    if p.n_tokens * min_bits_per_symbol(p.vocab_size) > budget:
+    if p.n_tokens * min_bits_per_symbol(p.coded_vocab) > budget:
         raise FormatError("corrupt header (more tokens than the payload can hold)")
+    if p.alphabet is not None and p.backend_name != NO_BACKEND:
+        raise FormatError("corrupt header (a token alphabet needs the LLM-free mode)")
     rt = _runtime_for(p, opts)
     check_compatible(p, rt)
-    ensemble = make_ensemble(p.ensemble, p.vocab_size)
+    ensemble = make_ensemble(p.ensemble, p.coded_vocab)
     if (p.backend_name == NO_BACKEND) == ensemble.uses_llm:
         raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
     backend = (None if p.backend_name == NO_BACKEND else
@@ -322,7 +335,10 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     fp = rt.fingerprint(backend, p.ensemble)
     if fp != p.fingerprint:
         raise MismatchError(_fingerprint_message(p, fp))
-    decoder = Decoder(c.neural_payload, p.vocab_size)
+    decoder = Decoder(c.neural_payload, p.coded_vocab)
+    types = None
+    if p.alphabet is not None:
+        types = alphabet.code_bitmap(p.vocab_size, p.alphabet, lambda pr, i: decoder.bits(pr))
 
     def code(probs: np.ndarray, t: int) -> np.ndarray:
         return decoder(probs)
@@ -330,6 +346,8 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     streams = engine.run(backend, ensemble, p.streams, p.start_token, code,
                          _token_progress(opts, p.n_tokens))
     tokens = np.concatenate(streams)
+    if types is not None:
+        tokens = alphabet.to_tokens(tokens, types)
     out, offset = [], 0
     for seg in neural_segs:
         out.append(rt.tokenizer.detokenize(tokens[offset:offset + seg.tokens]))

@@ -42,6 +42,8 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
                      f" fingerprint {p.fingerprint[:16]}")
         lines.append(f"  streams         {len(p.streams)} ({p.n_tokens} tokens, "
                      f"{8 * len(c.neural_payload) / max(1, p.n_tokens):.3f} bits per token)")
+        if p.alphabet:
+            lines.append(f"  alphabet        {p.alphabet} token types of {p.vocab_size}")
         lines.append(f"  context         window {p.window}, slide {p.slide}, {p.sinks} sink tokens")
         lines.append(f"  ensemble        {container.canonical_json(p.ensemble).decode()}")
     if verbose:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .alphabet import MIN_TYPES
 from .errors import FormatError
 
 MAX_STREAMS = 256  # llama.cpp's limit on sequences per context
@@ -37,6 +38,9 @@ class NeuralParams:
     sinks: int
     ensemble: dict
     coder: dict
+    # LLM-free segments: the number of token types that occur, or None (the whole
+    # vocabulary). The types themselves open the neural payload (alphabet.py).
+    alphabet: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -46,7 +50,8 @@ class NeuralParams:
             "level": self.level,
             "backend": {"name": self.backend_name, "version": self.backend_version,
                         "fingerprint": self.fingerprint, "cpu": self.cpu},
-            "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token},
+            "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token,
+                          **({"alphabet": self.alphabet} if self.alphabet else {})},
             "streams": list(self.streams),
             "context": {"window": self.window, "slide": self.slide, "sinks": self.sinks},
             "ensemble": self.ensemble,
@@ -56,6 +61,11 @@ class NeuralParams:
     @property
     def n_tokens(self) -> int:
         return sum(self.streams)
+
+    @property
+    def coded_vocab(self) -> int:
+        """How many symbols each token is coded among."""
+        return self.alphabet or self.vocab_size
 
 
 def _obj(d: object, where: str, keys: set[str]) -> dict:
@@ -98,7 +108,9 @@ def parse(d: dict) -> NeuralParams:
         if derived["format"] not in DERIVED_FORMATS:
             raise FormatError(f"corrupt header (unknown model format {derived['format']!r})")
     b = _obj(d["backend"], "backend", {"name", "version", "fingerprint", "cpu"})
-    t = _obj(d["tokenizer"], "tokenizer", {"vocab_size", "start_token"})
+    t = d["tokenizer"]
+    t = _obj(t, "tokenizer", {"vocab_size", "start_token"} | (
+        {"alphabet"} if isinstance(t, dict) and "alphabet" in t else set()))
     c = _obj(d["context"], "context", {"window", "slide", "sinks"})
     streams = d["streams"]
     if not isinstance(streams, list) or not 1 <= len(streams) <= MAX_STREAMS:
@@ -127,4 +139,6 @@ def parse(d: dict) -> NeuralParams:
         start_token=_int(t["start_token"], "start_token", 0, vocab - 1),
         streams=streams, window=window, slide=slide, sinks=sinks,
         ensemble=d["ensemble"], coder=d["coder"],
+        alphabet=(_int(t["alphabet"], "alphabet", MIN_TYPES, vocab) if "alphabet" in t
+                  else None),
     )

@@ -19,7 +19,8 @@ NAMES = sorted(p.stem for p in GOLDEN.glob("*.nc"))
 
 
 def test_golden_set_is_complete():
-    assert {"empty", "binary", "text", "text-llm-free", "hybrid"} <= set(NAMES)
+    assert {"empty", "binary", "text", "text-llm-free", "text-llm-free-alphabet",
+            "hybrid"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

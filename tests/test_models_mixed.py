@@ -434,6 +434,7 @@ def test_an_informative_dense_input_is_used_and_trusted():
 
 PRESET_1_DIGEST = "0a72072b7586dbbf8972c0d9203b93d53b3ce3b5a639f65d38aaf4bf5f4afc62"
 PRESET_2_DIGEST = "f472b77f2c28debd2d4ef1c703666b83147c17d236905a9e93f16e82afb0629e"
+PRESET_3_DIGEST = "757892c8c32761fd98caf092f10e5b3e21f23efd06b405d2e21d3e9b0951a545"
 
 
 def _preset_expansions(preset):
@@ -454,6 +455,14 @@ def test_preset_1_is_frozen():
 
 def test_preset_2_is_frozen():
     assert _preset_expansions(2) == PRESET_2_DIGEST
+
+
+def test_preset_3_is_frozen():
+    assert _preset_expansions(3) == PRESET_3_DIGEST
+    small = mixed.expand(mixed.preset_spec(1000, 1, preset=3), 600)
+    assert small["bias"]["alpha0"] == 10000.0  # preset 2 but a flat unigram
+    assert dict(small, bias=None) == dict(mixed.expand(mixed.preset_spec(1000, 1, preset=2),
+                                                       600), bias=None)
 
 
 def test_compact_spec_round_trip():

@@ -1,6 +1,7 @@
 """Write the golden files: small originals and their .nc files, decoded by the test suite
-forever (tests/test_golden.py). Run this only together with a format version bump: files
-already here must keep decoding with every later nacz.
+forever (tests/test_golden.py). Files already here are never rewritten (they must keep
+decoding with every later nacz); a new form of file (a new header field, preset or format
+version) gets a new name here, and this writes only the missing ones.
 
     python formats/golden/make_golden.py
 """
@@ -21,19 +22,33 @@ PROSE = (b"A compressor is only worth using if a file written today decodes next
          b"them decode differently, that change needs a new format version.\n")
 
 
+def word_salad(n_words: int = 400) -> bytes:
+    """PROSE's words in a pseudo-random order: text that zstd cannot shrink as well as
+    the LLM-free mode (so the file stays neural) and that needs no data files."""
+    words, x, out = PROSE.split(), 12345, []
+    for _ in range(n_words):
+        x = (x * 1103515245 + 12345) % (1 << 31)
+        out.append(words[(x >> 16) % len(words)])
+    return b" ".join(out) + b"\n"
+
+
 def originals() -> dict[str, tuple[bytes, codec.Options]]:
     binary = bytes((i * 73 + 41) % 256 for i in range(600))
     return {
         "empty": (b"", codec.Options()),
         "binary": (binary, codec.Options()),
         "text": (PROSE, codec.Options()),
-        "text-llm-free": (PROSE * 2, codec.Options(model="none")),
+        "text-llm-free": (PROSE * 2, codec.Options(model="none")),  # full vocabulary
+        # LLM-free with its token alphabet (alphabet.py) and mixer preset 3
+        "text-llm-free-alphabet": (word_salad(), codec.Options(model="none")),
         "hybrid": (PROSE + bytes(range(40)) + b"\xff\xfe" * 8 + PROSE[::-1], codec.Options()),
     }
 
 
 def main() -> None:
     for name, (data, opts) in originals().items():
+        if (HERE / f"{name}.nc").exists():
+            continue
         (HERE / f"{name}.bin").write_bytes(data)
         packed = codec.compress(data, opts)
         assert codec.decompress(packed) == data

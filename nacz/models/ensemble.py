@@ -95,13 +95,17 @@ class Ensemble:
 
 
 def default_spec(n_tokens: int, uses_llm: bool = True, with_ssm: bool | None = None,
-                 skip: bool = True) -> dict:
+                 skip: bool = True, preset: int | None = None) -> dict:
     """The default ensemble. The SSM is an input only without an LLM: next to the LLM it
     cost bits (6 KB of licence text: 0.955 bpb without it, 1.029 with it), because the
-    mixer learns to discount a cold SSM too slowly."""
+    mixer learns to discount a cold SSM too slowly. ``preset``: the mixer preset (default:
+    the latest one for the mode)."""
     if with_ssm is None:
         with_ssm = not uses_llm
-    mixer_spec = (mixed.preset_spec(n_tokens, n_dense=1 if with_ssm else 0) if skip else
+    if preset is None:
+        preset = mixed.LATEST_PRESET if uses_llm else mixed.LLM_FREE_PRESET
+    mixer_spec = (mixed.preset_spec(n_tokens, n_dense=1 if with_ssm else 0, preset=preset)
+                  if skip else
                   mixed.default_spec(n_tokens, n_dense=1 if with_ssm else 0, skip=None))
     return {"kind": Ensemble.kind, "llm": uses_llm, "mixer": mixer_spec,
             "ssm": ssm.default_spec() if with_ssm else None}
@@ -124,10 +128,15 @@ def probe_kind(spec: dict) -> tuple:
     return (str(spec.get("kind")),)
 
 
+# The probe's mixer preset is frozen: a different probe would change the fingerprint of
+# every file already written. It runs the same kernels as any later preset.
+PROBE_PRESET = 2
+
+
 def probe_spec(spec: dict, n_tokens: int) -> dict:
     """A small ensemble of the same kind as ``spec``, run over the fingerprint probe so that
     the fingerprint covers every kernel (and libm function) the real one uses."""
     kind = probe_kind(spec)
     if kind[0] == Ensemble.kind:
-        return default_spec(n_tokens, uses_llm=kind[1], with_ssm=kind[2])
+        return default_spec(n_tokens, uses_llm=kind[1], with_ssm=kind[2], preset=PROBE_PRESET)
     return {"kind": LLMOnly.kind}
