@@ -9,9 +9,10 @@ entries instead of V, and no probability is spent on types that never come.
 
 What it costs: the bitmap is coded with the range coder, bit i with probability
 (types still to place) / (bits left), frozen per block of ``BLOCK`` bits so that a block
-codes in one call: about log2(C(V, K)) bits, what the set is worth. The full-vocabulary
-form paid the same in another way: the first occurrence of each type had to be told from
-all unseen types of the vocabulary, not just from the unseen ones of the set.
+codes in one call: about log2(C(V, K)) bits, what the set is worth. In the ideal, the
+full-vocabulary form paid the same in another way (each type's first occurrence told from
+all unseen types of the vocabulary rather than of the set); measured, the set plus the
+flat unigram of mixer preset 3 coded 100 KB of prose in 2.070 bits/byte against 2.152.
 
 Encoder and decoder run the same loop (``code_bitmap``), with the coder step as the only
 difference, like the token loop of engine.py.

@@ -20,7 +20,7 @@ from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .models.ensemble import default_spec, make_ensemble, probe_kind, probe_spec
-from .presets import LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, preset
+from .presets import FASTEST_LLM_LEVEL, LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, preset
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
@@ -155,6 +155,8 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
     llm_free = is_llm_free(opts.model) or (pre.model_format == LLM_FREE and not opts.model)
     if llm_free and pre.model_format != LLM_FREE:
         pre = preset(LLM_FREE_LEVEL)  # --model none: the LLM-free level's settings
+    elif not llm_free and pre.model_format == LLM_FREE:
+        pre = preset(FASTEST_LLM_LEVEL)  # -1 --model X: an LLM needs many streams
     rt = load_runtime(LLM_FREE if llm_free else opts.model, pre.model_format)
     token_lists: dict[int, np.ndarray] = {}
     checked: list[Region] = []

@@ -34,6 +34,7 @@ class Preset:
 SSM_MIN_TOKENS = 16384
 
 LLM_FREE_LEVEL = 1  # the level --model none takes its settings from
+FASTEST_LLM_LEVEL = 2  # the level -1 takes its settings from when --model names an LLM
 
 SINKS = 4  # first tokens kept when the window slides ("attention sinks", DESIGN.md)
 

@@ -74,6 +74,20 @@ def test_llm_free_files_name_no_model_weights(prose):
     assert codec.decompress(packed) == prose  # no flags needed to decode
 
 
+def test_level_and_model_choose_each_others_settings(prose):
+    """--model none at the default level runs -1's settings; -1 with a model named runs
+    the LLM with -2's (one LLM stream would be slow)."""
+    from nacz.resources import resolve_model_path
+
+    p = parse(codec.inspect(codec.compress(prose, FREE)).params)
+    assert p.backend_name == "none" and p.level == 1 and len(p.streams) == 1
+    data = prose[:300]
+    packed = codec.compress(data, codec.Options(level=1, model=resolve_model_path(None)))
+    p = parse(codec.inspect(packed).params)
+    assert p.backend_name != "none" and p.level == 2 and p.window == 384
+    assert codec.decompress(packed) == data
+
+
 @pytest.mark.parametrize("enc,dec", [("c", "numba"), ("numba", "c")])
 def test_c_and_numba_kernels_read_each_others_files(tmp_path, prose, enc, dec):
     from nacz import native
