@@ -1,8 +1,8 @@
-"""numba kernels for the per-token hot loops.
+"""Small numba kernels shared by several models (softmax of the LLM logits, buckets).
 
 Everything whose result feeds the coder is computed here rather than with numpy: numpy
 dispatches SIMD code by CPU, so its transcendental functions can differ between machines
-(DESIGN.md). No fastmath; reductions run in a fixed sequential order, single-threaded, so
+(docs/design.md). No fastmath; reductions run in a fixed sequential order, single-threaded, so
 results do not depend on the thread count or CPU features.
 """
 
@@ -32,3 +32,12 @@ def softmax_rows(logits: np.ndarray, out: np.ndarray) -> None:
         inv = 1.0 / total
         for j in range(cols):
             out[r, j] *= inv
+
+
+@numba.njit(cache=True, nogil=True)
+def bucket(x, edges):
+    """Number of edges <= x (edges increasing): 0..len(edges)."""
+    b = 0
+    while b < edges.shape[0] and x >= edges[b]:
+        b += 1
+    return b

@@ -159,15 +159,17 @@ def test_bad_specs_are_format_errors(key, value):
 def test_stale_kernel_caches_are_dropped():
     """A cached kernel embeds the kernels it calls from other files, which numba's own
     cache check ignores: the modules record a digest of all their sources and drop their
-    cached kernels when it differs."""
-    from nacz.models import bias
-    cache_dir = mixer.Path(bias._log._cache.cache_path)
+    cached kernels when it differs (nacz/models/kernel_cache.py)."""
+    from pathlib import Path
+
+    from nacz.models import bias, kernel_cache
+    cache_dir = Path(bias._log._cache.cache_path)
     stamp = cache_dir / "bias.nacz-sources"
     if not stamp.exists():
         pytest.skip("numba cache directory not writable here")
-    assert stamp.read_text() == mixer._sources_digest()
+    assert stamp.read_text() == kernel_cache.sources_digest()
     stamp.write_text("stale")
-    mixer.refresh_kernel_cache({"__name__": "nacz.models.bias", "_log": bias._log})
-    assert stamp.read_text() == mixer._sources_digest()
+    kernel_cache.refresh_kernel_cache({"__name__": "nacz.models.bias", "_log": bias._log})
+    assert stamp.read_text() == kernel_cache.sources_digest()
     assert bias._log._cache._cache_file._load_index() == {}  # the index was emptied
     assert bias._log(1.0) == 0.0  # and the kernel still works (recompiled as needed)

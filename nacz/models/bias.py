@@ -17,7 +17,8 @@ import math
 import numba
 import numpy as np
 
-from .mixer import check_keys, get_float, refresh_kernel_cache
+from ..validation import ENSEMBLE as check
+from .kernel_cache import refresh_kernel_cache
 
 B_MIN, B_MAX = -30.0, 30.0
 
@@ -91,9 +92,9 @@ def default_spec(lr: float = 0.002, lr_free: float = 0.02, alpha0: float = 0.02)
 
 
 def validate(spec: object) -> dict:
-    d = check_keys(spec, "bias", {"lr", "lr_free", "alpha0"})
-    return {"lr": get_float(d, "lr", 0.0, 1.0), "lr_free": get_float(d, "lr_free", 0.0, 1.0),
-            "alpha0": get_float(d, "alpha0", 1e-4, 1e4)}
+    d = check.obj(spec, "bias", {"lr", "lr_free", "alpha0"})
+    return {"lr": check.number(d["lr"], "lr", 0.0, 1.0), "lr_free": check.number(d["lr_free"], "lr_free", 0.0, 1.0),
+            "alpha0": check.number(d["alpha0"], "alpha0", 1e-4, 1e4)}
 
 
 class BiasHead:

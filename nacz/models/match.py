@@ -39,8 +39,9 @@ import math
 import numba
 import numpy as np
 
-from .mixer import (bad, bucket, check_keys, get_float, get_int, get_int_list, increasing,
-                    refresh_kernel_cache)
+from ..kernels import bucket
+from ..validation import ENSEMBLE as check
+from .kernel_cache import refresh_kernel_cache
 from .ngram import MAX_ORDER, fmix64, ring_token
 
 MAX_LEN = 65535
@@ -255,20 +256,20 @@ def default_spec(n_tokens: int, min_len: int = DEFAULT_MIN_LEN, edges=DEFAULT_ED
 
 
 def validate(spec: object) -> dict:
-    d = check_keys(spec, "match", {"min_len", "verify", "capacity_bits", "bits", "edges",
+    d = check.obj(spec, "match", {"min_len", "verify", "capacity_bits", "bits", "edges",
                                    "apm_points", "apm_range", "limit"})
     out = {
-        "min_len": get_int(d, "min_len", 1, MAX_ORDER),
-        "verify": get_int(d, "verify", 1, MAX_ORDER),
-        "capacity_bits": get_int(d, "capacity_bits", MIN_CAP_BITS, MAX_CAP_BITS),
-        "bits": get_int(d, "bits", MIN_BITS, MAX_BITS),
-        "edges": increasing(get_int_list(d, "edges", 1, MAX_LEN, 1, 32), "match edges"),
-        "apm_points": get_int(d, "apm_points", 1, 256),
-        "apm_range": get_float(d, "apm_range", 0.5, 30.0),
-        "limit": get_int(d, "limit", 1, 1 << 30),
+        "min_len": check.integer(d["min_len"], "min_len", 1, MAX_ORDER),
+        "verify": check.integer(d["verify"], "verify", 1, MAX_ORDER),
+        "capacity_bits": check.integer(d["capacity_bits"], "capacity_bits", MIN_CAP_BITS, MAX_CAP_BITS),
+        "bits": check.integer(d["bits"], "bits", MIN_BITS, MAX_BITS),
+        "edges": check.increasing(check.integers(d["edges"], "edges", 1, MAX_LEN, 1, 32), "match edges"),
+        "apm_points": check.integer(d["apm_points"], "apm_points", 1, 256),
+        "apm_range": check.number(d["apm_range"], "apm_range", 0.5, 30.0),
+        "limit": check.integer(d["limit"], "limit", 1, 1 << 30),
     }
     if out["verify"] < out["min_len"]:
-        raise bad("match verify shorter than min_len")
+        raise check.error("match verify shorter than min_len")
     return out
 
 

@@ -40,110 +40,20 @@ Weights are clamped to a fixed range.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from pathlib import Path
 
 import numba
 import numpy as np
-from numba.core.dispatcher import Dispatcher
 
-from ..errors import FormatError
-
-# -- numba's cache and kernels that call kernels of other files ------------------------
-# numba's on-disk cache of a kernel is invalidated only by changes to the kernel's *own*
-# file, yet a cached kernel contains every kernel it calls: ours call across ngram.py,
-# match.py, bias.py, mixer.py and mixed.py (the fused kernels call all of them). A change
-# in one file could thus leave stale code in another file's cached kernels, i.e. silently
-# different probabilities. Each of these modules therefore ends with
-# ``refresh_kernel_cache(globals())``, which drops its cached kernels whenever the
-# digest of all five sources differs from the one recorded when they were cached.
-KERNEL_SOURCES = ("ngram.py", "match.py", "bias.py", "mixer.py", "mixed.py")
-
-
-def _sources_digest() -> str:
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in KERNEL_SOURCES:
-        try:
-            h.update((here / name).read_bytes())
-        except OSError:
-            h.update(b"missing " + name.encode())
-    return h.hexdigest()
-
-
-def refresh_kernel_cache(namespace: dict) -> None:
-    module = namespace["__name__"]
-    kernels = [k for k in namespace.values()
-               if isinstance(k, Dispatcher) and k.py_func.__module__ == module
-               and k._cache is not None and hasattr(k._cache, "cache_path")]
-    if not kernels:
-        return
-    stamp = Path(kernels[0]._cache.cache_path) / f"{module.rsplit('.', 1)[-1]}.nacz-sources"
-    digest = _sources_digest()
-    try:
-        if stamp.read_text() == digest:
-            return
-    except OSError:
-        pass
-    for k in kernels:
-        k._cache.flush()
-    try:
-        stamp.write_text(digest)
-    except OSError:
-        pass
+from ..kernels import bucket  # noqa: F401  (the mixer's entropy buckets; re-exported)
+from ..validation import ENSEMBLE as check
+from .kernel_cache import refresh_kernel_cache
 
 # Exponents are kept in [EXP_FLOOR, EXP_CEIL]: the ceiling is only reachable with absurd
 # sparse boosts; together they keep every probability >= exp(-600) / V > 0 (normal, never
 # zero) and every sum finite. exp(-300) is far below what the coder can resolve anyway.
 EXP_FLOOR = -300.0
 EXP_CEIL = 300.0
-
-
-# -- spec helpers (shared by all parts of the mixed ensemble) ----------------------------
-def bad(what: str) -> FormatError:
-    return FormatError(f"corrupt ensemble spec ({what})")
-
-
-def check_keys(d: object, where: str, keys: set[str]) -> dict:
-    if not isinstance(d, dict) or set(d) != keys:
-        raise bad(f"bad '{where}' parameters")
-    return d
-
-
-def get_int(d: dict, key: str, lo: int, hi: int) -> int:
-    v = d[key]
-    if type(v) is not int or not lo <= v <= hi:
-        raise bad(f"'{key}' out of range")
-    return v
-
-
-def get_float(d: dict, key: str, lo: float, hi: float) -> float:
-    v = d[key]
-    if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi:
-        raise bad(f"'{key}' out of range")
-    return float(v)
-
-
-def get_int_list(d: dict, key: str, lo: int, hi: int, n_min: int, n_max: int) -> list[int]:
-    v = d[key]
-    if not isinstance(v, list) or not n_min <= len(v) <= n_max:
-        raise bad(f"bad '{key}' list")
-    return [get_int({key: x}, key, lo, hi) for x in v]
-
-
-def get_float_list(d: dict, key: str, lo: float, hi: float, n_min: int,
-                   n_max: int) -> list[float]:
-    v = d[key]
-    if not isinstance(v, list) or not n_min <= len(v) <= n_max:
-        raise bad(f"bad '{key}' list")
-    return [get_float({key: x}, key, lo, hi) for x in v]
-
-
-def increasing(values: list, what: str) -> list:
-    if any(a >= b for a, b in zip(values, values[1:])):
-        raise bad(f"{what} not increasing")
-    return values
 
 
 # -- the mixer's spec and weights ------------------------------------------------------
@@ -171,24 +81,24 @@ MIXER_KEYS = set(default_spec())
 
 
 def validate(spec: object) -> dict:
-    d = check_keys(spec, "mixer", MIXER_KEYS)
+    d = check.obj(spec, "mixer", MIXER_KEYS)
     out = {
-        "ent_edges": increasing(get_float_list(d, "ent_edges", 0.0, 20.0, 0, MAX_EDGES),
+        "ent_edges": check.increasing(check.numbers(d["ent_edges"], "ent_edges", 0.0, 20.0, 0, MAX_EDGES),
                                 "entropy edges"),
-        "lr": get_float(d, "lr", 0.0, 1.0),
-        "lr_llm": get_float(d, "lr_llm", 0.0, 1.0),
-        "init_llm": get_float(d, "init_llm", 0.0, 16.0),
-        "init_ngram": get_float(d, "init_ngram", -16.0, 16.0),
-        "init_ngram_free": get_float(d, "init_ngram_free", -16.0, 16.0),
-        "init_dense": get_float(d, "init_dense", 0.0, 16.0),
-        "w_min": get_float(d, "w_min", -64.0, 0.0),
-        "w_max": get_float(d, "w_max", 0.0, 64.0),
-        "dense": get_int(d, "dense", 0, MAX_DENSE),
+        "lr": check.number(d["lr"], "lr", 0.0, 1.0),
+        "lr_llm": check.number(d["lr_llm"], "lr_llm", 0.0, 1.0),
+        "init_llm": check.number(d["init_llm"], "init_llm", 0.0, 16.0),
+        "init_ngram": check.number(d["init_ngram"], "init_ngram", -16.0, 16.0),
+        "init_ngram_free": check.number(d["init_ngram_free"], "init_ngram_free", -16.0, 16.0),
+        "init_dense": check.number(d["init_dense"], "init_dense", 0.0, 16.0),
+        "w_min": check.number(d["w_min"], "w_min", -64.0, 0.0),
+        "w_max": check.number(d["w_max"], "w_max", 0.0, 64.0),
+        "dense": check.integer(d["dense"], "dense", 0, MAX_DENSE),
     }
     if not out["w_min"] <= out["init_ngram"] <= out["w_max"] or \
             not out["w_min"] <= out["init_ngram_free"] <= out["w_max"] or \
             not out["init_llm"] <= out["w_max"] or not out["init_dense"] <= out["w_max"]:
-        raise bad("initial mixer weights outside [w_min, w_max]")
+        raise check.error("initial mixer weights outside [w_min, w_max]")
     return out
 
 
@@ -224,15 +134,6 @@ class MixerWeights:
 
 
 # -- kernels ---------------------------------------------------------------------------
-@numba.njit(cache=True, nogil=True)
-def bucket(x, edges):
-    """Number of edges <= x (edges increasing): 0..len(edges)."""
-    b = 0
-    while b < edges.shape[0] and x >= edges[b]:
-        b += 1
-    return b
-
-
 @numba.njit(cache=True, nogil=True)
 def clamp(x, lo, hi):
     """x within [lo, hi]; NaN gives lo (weights stay finite whatever the inputs)."""

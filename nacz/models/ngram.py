@@ -27,8 +27,8 @@ import math
 import numba
 import numpy as np
 
-from ..errors import FormatError
-from .mixer import check_keys, get_float, get_int, get_int_list, refresh_kernel_cache
+from ..validation import ENSEMBLE as check
+from .kernel_cache import refresh_kernel_cache
 
 TOKEN_BITS = 24
 TOKEN_MASK = (1 << TOKEN_BITS) - 1
@@ -267,16 +267,16 @@ def default_spec(n_tokens: int, vocab_size: int = 49152, orders=DEFAULT_ORDERS,
 
 
 def validate(spec: object) -> dict:
-    d = check_keys(spec, "ngram", {"orders", "bits", "entries", "alpha"})
-    orders = get_int_list(d, "orders", 1, MAX_ORDER, 1, MAX_ORDERS)
+    d = check.obj(spec, "ngram", {"orders", "bits", "entries", "alpha"})
+    orders = check.integers(d["orders"], "orders", 1, MAX_ORDER, 1, MAX_ORDERS)
     if any(a >= b for a, b in zip(orders, orders[1:])):
-        raise FormatError("corrupt ensemble spec (n-gram orders not increasing)")
-    bits = get_int_list(d, "bits", MIN_BITS, MAX_BITS, len(orders), len(orders))
-    entries = get_int(d, "entries", 1, MAX_ENTRIES)
+        raise check.error("n-gram orders not increasing")
+    bits = check.integers(d["bits"], "bits", MIN_BITS, MAX_BITS, len(orders), len(orders))
+    entries = check.integer(d["entries"], "entries", 1, MAX_ENTRIES)
     alpha = d["alpha"]
     if not isinstance(alpha, list) or len(alpha) != len(orders):
-        raise FormatError("corrupt ensemble spec (bad n-gram alpha)")
-    alphas = [get_float({"a": a}, "a", 1e-3, 1e3) for a in alpha]
+        raise check.error("bad n-gram alpha")
+    alphas = [check.number(a, "a", 1e-3, 1e3) for a in alpha]
     return {"orders": orders, "bits": bits, "entries": entries, "alpha": alphas}
 
 
