@@ -5,19 +5,19 @@ nacz/native.py loads with ctypes (it is not a Python extension module). The buil
 optional: without a working C compiler the install still succeeds and nacz uses the
 bit-identical numba kernels instead.
 
-Compiler flags are part of the numerics (DESIGN.md): no FMA contraction, no fast-math,
-no -march (the x86-64 build carries an AVX2 clone selected at run time, see csrc/ssm.c),
-no OpenMP. Keep them in sync with nacz.native.CFLAGS.
+The compiler flags are part of the numerics; they live in nacz/cflags.py (shared with
+nacz/native.py), read here without importing nacz.
 """
 
 import os
+import runpy
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-GCC_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
-             "-fno-trapping-math", "-std=gnu11"]
-MSVC_FLAGS = ["/O2", "/fp:precise", "/fp:contract-"]
+_FLAGS = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "nacz",
+                                      "cflags.py"))
+GCC_FLAGS, MSVC_FLAGS = list(_FLAGS["GCC_FLAGS"]), list(_FLAGS["MSVC_FLAGS"])
 
 
 class OptionalBuildExt(build_ext):

@@ -1,4 +1,9 @@
-"""Native (C) kernels from csrc/, loaded with ctypes; the numba twins are the fallback.
+"""The C SSM kernels (csrc/ssm.c): find, build and load the library, and call it.
+
+``CKernels`` is the C kernel set of the SSM's kernel protocol (nacz/models/ssm/kernels.py,
+where ``select`` chooses between it and the numba twins); the library is checked against
+the state layout of nacz/models/ssm_layout.py, which imports nothing from the model, so
+there is no import circle between this module and nacz.models.
 
 The C library is built by setup.py (an optional extension: where no C compiler exists the
 install still succeeds and numba is used). Both implementations give bit-identical results
@@ -16,15 +21,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .cflags import CFLAGS
+from .models.ssm_layout import DIM_NAMES
+
 _HERE = Path(__file__).resolve().parent
 LIB_STEM = "_ssm_native"  # setup.py builds nacz/_ssm_native<EXT_SUFFIX>
 ABI_VERSION = 1
-# The flags every build of csrc/ssm.c must use (setup.py repeats them): no FMA
-# contraction, no fast-math, no -march (the library must not depend on the build CPU),
-# no OpenMP. -fno-math-errno (no errno from sqrtf) and -fno-trapping-math (no FP traps
-# assumed, as LLVM/numba assume) change no value; they let GCC vectorise the selects.
-CFLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
-          "-fno-trapping-math", "-std=gnu11", "-fPIC")
 CSRC = _HERE.parent / "csrc" / "ssm.c"
 
 _lib = None  # the active C library (ctypes.CDLL) or None
@@ -56,13 +58,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 def open_c_library(path: str | os.PathLike) -> ctypes.CDLL:
     """Load and check a build of csrc/ssm.c (without making it the active one)."""
-    from .models.ssm import DIM_NAMES  # local import: models imports this module
-
     lib = _bind(ctypes.CDLL(str(path)))
     if lib.ssm_abi_version() != ABI_VERSION:
         raise OSError(f"{path}: SSM kernel ABI {lib.ssm_abi_version()} != {ABI_VERSION}")
     if lib.ssm_dim_names().decode().split(",") != list(DIM_NAMES):
-        raise OSError(f"{path}: SSM kernel layout differs from nacz/models/ssm.py")
+        raise OSError(f"{path}: SSM kernel layout differs from nacz/models/ssm_layout.py")
     return lib
 
 
@@ -135,7 +135,7 @@ def compile_c(outdir: str | os.PathLike, cc: str | None = None, extra: tuple = (
 
 
 class CKernels:
-    """ctypes calls into csrc/ssm.c; same arguments as models.ssm.NumbaKernels."""
+    """ctypes calls into csrc/ssm.c; the twin of models.ssm.NumbaKernels (same calls)."""
 
     name = "c"
 
@@ -148,24 +148,24 @@ class CKernels:
         self.lib = lib
 
     def step(self, b, A, pos):
-        p = b._ptr
+        p = b.ptrs
         self.lib.ssm_step(A, b.S, pos, p["inputs"], p["dims"], p["P"], p["An"], p["emb"],
                           p["conv"], p["ssm"], p["hf"], p["act1"], p["dA1"], p["tmp1"])
 
     def logprobs(self, b, A, K):
-        p = b._ptr
+        p = b.ptrs
         self.lib.ssm_logprobs(A, K, p["dims"], p["Whf"], p["pr"], p["hf"], p["Lon"],
                               p["Lscr"], p["type_of"], p["out"], b.out.shape[1])
 
     def train(self, b, a):
-        p = b._ptr
+        p = b.ptrs
         return self.lib.ssm_train(a, b.S, p["dims"], p["inputs"], p["tgt"], p["Kt"],
                                   p["conv0"], p["ssm0"], p["P"], p["An"], p["emb"], p["Whf"],
                                   p["pr"], p["gP"], p["gWh"], p["gemb"], p["act"], p["xs"], p["hs"],
                                   p["dAs"], p["Lb"], p["bw"])
 
     def adam(self, b, K, rows, hp):
-        p = b._ptr
+        p = b.ptrs
         assert rows.dtype == "int32" and rows.flags.c_contiguous and hp is b.hp
         self.lib.ssm_adam(p["dims"], K, rows.__array_interface__["data"][0], rows.shape[0],
                           p["hp"], p["P"], p["gP"], p["mP"], p["vP"], p["Whf"], p["gWh"],
@@ -173,7 +173,7 @@ class CKernels:
                           p["An"])
 
     def refresh(self, b):
-        p = b._ptr
+        p = b.ptrs
         self.lib.ssm_refresh(p["dims"], p["P"], p["An"])
 
     def _vmap(self, fn, x):
