@@ -19,13 +19,13 @@ from .backends import llama
 from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
+from .frozen import CODER_SPEC
 from .models.ensemble import default_spec, make_ensemble, probe_kind, probe_spec
 from .presets import FASTEST_LLM_LEVEL, LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, preset
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
 
-CODER_SPEC = {"name": "constriction.range", "precision": 24, "perfect": False}
 NO_BACKEND = "none"  # the backend name recorded for LLM-free files
 
 Progress = Callable[[float], None]  # fraction of the work done, 0..1

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .alphabet import MIN_TYPES
-from .errors import FormatError
+from .frozen import NEURAL_KEYS
+from .validation import HEADER as check
 
 MAX_STREAMS = 256  # llama.cpp's limit on sequences per context
 MIN_WINDOW, MAX_WINDOW = 16, 1 << 15
@@ -68,77 +69,51 @@ class NeuralParams:
         return self.alphabet or self.vocab_size
 
 
-def _obj(d: object, where: str, keys: set[str]) -> dict:
-    if not isinstance(d, dict) or set(d) != keys:
-        raise FormatError(f"corrupt header (bad '{where}' parameters)")
-    return d
-
-
-def _int(v: object, where: str, lo: int, hi: int) -> int:
-    if type(v) is not int or not lo <= v <= hi:
-        raise FormatError(f"corrupt header ('{where}' out of range)")
-    return v
-
-
-def _str(v: object, where: str, maxlen: int = 256) -> str:
-    if not isinstance(v, str) or len(v) > maxlen:
-        raise FormatError(f"corrupt header (bad '{where}')")
-    return v
-
-
-def _hex(v: object, where: str, length: int) -> str:
-    s = _str(v, where)
-    if len(s) != length or any(ch not in "0123456789abcdef" for ch in s):
-        raise FormatError(f"corrupt header (bad '{where}')")
-    return s
-
-
 def parse(d: dict) -> NeuralParams:
-    d = _obj(d, "neural", {"model", "backend", "tokenizer", "streams", "context",
-                           "ensemble", "coder", "level"})
+    d = check.obj(d, "neural", NEURAL_KEYS)
     m = d["model"]
-    m = _obj(m, "model", {"name", "sha256", "size"} | ({"derived"} if isinstance(m, dict)
+    m = check.obj(m, "model", {"name", "sha256", "size"} | ({"derived"} if isinstance(m, dict)
                                                         and "derived" in m else set()))
     derived = None
     if "derived" in m:
-        derived = _obj(m["derived"], "model derived", {"from", "format"})
-        derived = {"from": _hex(derived["from"], "derived from", 64),
-                   "format": _str(derived["format"], "derived format", 16)}
+        derived = check.obj(m["derived"], "model derived", {"from", "format"})
+        derived = {"from": check.hexdigest(derived["from"], "derived from", 64),
+                   "format": check.text(derived["format"], "derived format", 16)}
         from .resources import DERIVED_FORMATS
         if derived["format"] not in DERIVED_FORMATS:
-            raise FormatError(f"corrupt header (unknown model format {derived['format']!r})")
-    b = _obj(d["backend"], "backend", {"name", "version", "fingerprint", "cpu"})
+            raise check.error(f"unknown model format {derived['format']!r}")
+    b = check.obj(d["backend"], "backend", {"name", "version", "fingerprint", "cpu"})
     t = d["tokenizer"]
-    t = _obj(t, "tokenizer", {"vocab_size", "start_token"} | (
+    t = check.obj(t, "tokenizer", {"vocab_size", "start_token"} | (
         {"alphabet"} if isinstance(t, dict) and "alphabet" in t else set()))
-    c = _obj(d["context"], "context", {"window", "slide", "sinks"})
+    c = check.obj(d["context"], "context", {"window", "slide", "sinks"})
     streams = d["streams"]
     if not isinstance(streams, list) or not 1 <= len(streams) <= MAX_STREAMS:
-        raise FormatError("corrupt header (bad stream table)")
-    streams = tuple(_int(s, "streams", 1, 1 << 48) for s in streams)
+        raise check.error("bad stream table")
+    streams = tuple(check.integer(s, "streams", 1, 1 << 48) for s in streams)
     if any(a < b for a, b in zip(streams, streams[1:])):
-        raise FormatError("corrupt header (stream lengths not in order)")
-    vocab = _int(t["vocab_size"], "vocab_size", 2, 1 << 24)
-    window = _int(c["window"], "window", MIN_WINDOW, MAX_WINDOW)
+        raise check.error("stream lengths not in order")
+    vocab = check.integer(t["vocab_size"], "vocab_size", 2, 1 << 24)
+    window = check.integer(c["window"], "window", MIN_WINDOW, MAX_WINDOW)
     if len(streams) * window > MAX_KV_CELLS:
-        raise FormatError("corrupt header (streams x window exceeds the KV cache limit)")
-    sinks = _int(c["sinks"], "sinks", 1, window // 2)
-    slide = _int(c["slide"], "slide", 1, window - sinks - 1)
+        raise check.error("streams x window exceeds the KV cache limit")
+    sinks = check.integer(c["sinks"], "sinks", 1, window // 2)
+    slide = check.integer(c["slide"], "slide", 1, window - sinks - 1)
     if not isinstance(d["ensemble"], dict) or not isinstance(d["coder"], dict):
-        raise FormatError("corrupt header (bad ensemble or coder parameters)")
+        raise check.error("bad ensemble or coder parameters")
     return NeuralParams(
-        model_name=_str(m["name"], "model name"),
-        model_sha256=_hex(m["sha256"], "model sha256", 64),
-        model_size=_int(m["size"], "model size", 0, 1 << 50),
-        model_derived=derived, level=_int(d["level"], "level", 0, 9),
-        backend_name=_str(b["name"], "backend name"),
-        backend_version=_str(b["version"], "backend version"),
-        fingerprint=_hex(b["fingerprint"], "fingerprint", 32),
-        cpu=_str(b["cpu"], "backend cpu", 1024),
+        model_name=check.text(m["name"], "model name"),
+        model_sha256=check.hexdigest(m["sha256"], "model sha256", 64),
+        model_size=check.integer(m["size"], "model size", 0, 1 << 50),
+        model_derived=derived, level=check.integer(d["level"], "level", 0, 9),
+        backend_name=check.text(b["name"], "backend name"),
+        backend_version=check.text(b["version"], "backend version"),
+        fingerprint=check.hexdigest(b["fingerprint"], "fingerprint", 32),
+        cpu=check.text(b["cpu"], "backend cpu", 1024),
         vocab_size=vocab,
-        start_token=_int(t["start_token"], "start_token", 0, vocab - 1),
+        start_token=check.integer(t["start_token"], "start_token", 0, vocab - 1),
         streams=streams, window=window, slide=slide, sinks=sinks,
         ensemble=d["ensemble"], coder=d["coder"],
-        alphabet=(_int(t["alphabet"], "alphabet", MIN_TYPES, vocab) if "alphabet" in t
+        alphabet=(check.integer(t["alphabet"], "alphabet", MIN_TYPES, vocab) if "alphabet" in t
                   else None),
     )

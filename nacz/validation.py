@@ -34,9 +34,11 @@ class Checks:
             raise self.error(f"'{name}' out of range")
         return v
 
-    def number(self, v: object, name: str, lo: float, hi: float) -> float:
-        """A finite int or float in [lo, hi], as a float."""
-        if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi:
+    def number(self, v: object, name: str, lo: float, hi: float, *,
+               lo_open: bool = False) -> float:
+        """A finite int or float in [lo, hi] (``lo_open``: in (lo, hi]), as a float."""
+        if type(v) not in (int, float) or not math.isfinite(v) or not v <= hi or \
+                not (lo < v if lo_open else lo <= v):
             raise self.error(f"'{name}' out of range")
         return float(v)
 

@@ -4,7 +4,7 @@ One llama.cpp sequence per stream; each step feeds one token to every active str
 single ``llama_decode`` and returns their logits as one numpy array. Each sequence keeps a
 bounded KV window: when full, the oldest tokens after a few "sink" tokens are dropped and
 the rest shifted in place (never re-evaluated). Keeping the sinks matters: dropping from
-position 0 ruins prediction (DESIGN.md).
+position 0 ruins prediction (docs/design.md).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NaczError
+from ..frozen import PROBE_TEXT  # noqa: F401  (the fingerprint probe, used by codec.py)
 
 # llama.cpp's OpenMP threads busy-wait between steps. Unbounded spinning (OMP_WAIT_POLICY
 # =ACTIVE, or libgomp's default of 300,000 spins) is catastrophic when another process wants
@@ -30,7 +31,6 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 
 NAME = "llama.cpp"
 FLASH_ATTN_DISABLED = 0  # fixed, not "auto": the choice changes logits
-PROBE_TEXT = b"nacz backend fingerprint: The quick brown fox jumps over the lazy dog. 0123456789"
 
 _init_lock = threading.Lock()
 _initialised = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import frozen
 from ..errors import FormatError
 from ..kernels import softmax_rows
 from . import mixed, ssm
@@ -97,8 +98,8 @@ class Ensemble:
 def default_spec(n_tokens: int, uses_llm: bool = True, with_ssm: bool | None = None,
                  skip: bool = True, preset: int | None = None) -> dict:
     """The default ensemble. The SSM is an input only without an LLM: next to the LLM it
-    cost bits (6 KB of licence text: 0.955 bpb without it, 1.029 with it), because the
-    mixer learns to discount a cold SSM too slowly. ``preset``: the mixer preset (default:
+    cost bits on small inputs (bench/results/design-figures.md), because the mixer learns
+    to discount a cold SSM too slowly. ``preset``: the mixer preset (default:
     the latest one for the mode)."""
     if with_ssm is None:
         with_ssm = not uses_llm
@@ -128,9 +129,7 @@ def probe_kind(spec: dict) -> tuple:
     return (str(spec.get("kind")),)
 
 
-# The probe's mixer preset is frozen: a different probe would change the fingerprint of
-# every file already written. It runs the same kernels as any later preset.
-PROBE_PRESET = 2
+PROBE_PRESET = frozen.PROBE_PRESET  # a different one would change every fingerprint
 
 
 def probe_spec(spec: dict, n_tokens: int) -> dict:

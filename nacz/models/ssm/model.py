@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ...errors import FormatError
+from ...validation import SSM as check
 from ..ssm_layout import X_CAP, Layout
 from .kernels import Buffers, select
 from .seeding import BLK_EMB, block_key, init_core, uniform
@@ -29,8 +29,7 @@ class OnlineSSM:
 
     def __init__(self, spec: dict, vocab_size: int, impl: str | None = None):
         self._spec = validate_spec(spec)
-        if type(vocab_size) is not int or not 2 <= vocab_size <= (1 << 24):
-            raise FormatError(f"SSM vocabulary size {vocab_size!r:.40} out of range")
+        check.integer(vocab_size, "vocabulary size", 2, 1 << 24)
         self.vocab_size = vocab_size
         self.kernels = select(impl)
         self.impl = self.kernels.name

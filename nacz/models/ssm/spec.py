@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
-from ...errors import FormatError
+from ... import frozen
+from ...validation import SSM as check
 from ..ssm_layout import Layout
 
 KIND = "ssm"
@@ -45,40 +44,27 @@ def default_spec() -> dict:
         "chunk": 32, "lr": 0.003, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3, "clip": 1.0,
         "boost": 3.0, "boost_steps": 1000, "early_passes": 2, "early_steps": 64,
         "count_prior": 1,
-        "seed": 0x6E61637A,
+        "seed": frozen.SSM_SEED,
     }
 
 
 def validate_spec(spec: object) -> dict:
-    """A normalised copy of ``spec`` (all keys present, right types, in range) or FormatError."""
-    if not isinstance(spec, dict):
-        raise FormatError(f"SSM spec is not an object: {spec!r:.80}")
-    want = {"kind"} | set(_INT_KEYS) | set(_FLOAT_KEYS)
-    if set(spec) != want:
-        extra = sorted(map(str, set(spec) - want))
-        missing = sorted(want - set(spec))
-        raise FormatError(f"SSM spec keys wrong (unknown {extra}, missing {missing})")
-    if spec["kind"] != KIND:
-        raise FormatError(f"SSM spec has kind {spec['kind']!r:.40}, expected {KIND!r}")
+    """A normalised copy of ``spec`` (all keys present, right types, in range); else a
+    FormatError."""
+    d = check.obj(spec, "ssm", {"kind"} | set(_INT_KEYS) | set(_FLOAT_KEYS))
+    if d["kind"] != KIND:
+        raise check.error(f"kind {d['kind']!r:.40}, expected {KIND!r}")
     out = {}
     for k in default_spec():  # canonical key order
-        v = spec[k]
         if k == "kind":
             out[k] = KIND
         elif k in _INT_KEYS:
-            lo, hi = _INT_KEYS[k]
-            if type(v) is not int or not lo <= v <= hi:
-                raise FormatError(f"SSM spec {k}={v!r:.40} is not an integer in [{lo}, {hi}]")
-            out[k] = v
+            out[k] = check.integer(d[k], k, *_INT_KEYS[k])
         else:
-            lo, hi = _FLOAT_KEYS[k]
-            if type(v) not in (int, float) or not math.isfinite(v) or not lo < v <= hi:
-                raise FormatError(f"SSM spec {k}={v!r:.40} is out of range")
-            out[k] = float(v)
+            out[k] = check.number(d[k], k, *_FLOAT_KEYS[k], lo_open=True)
     if out["d_model"] % 4:
-        raise FormatError("SSM spec d_model must be a multiple of 4")
+        raise check.error("d_model must be a multiple of 4")
     lay = Layout(out, 2, 1)
     if lay.work_elems() > _MAX_WORK:
-        raise FormatError("SSM spec sizes too large")
+        raise check.error("sizes too large")
     return out
-
