@@ -1,8 +1,8 @@
-/* Online Mamba-style SSM kernels: the C twin of the numba kernels in nacz/models/ssm.py.
+/* Online Mamba-style SSM kernels: the C twin of the numba kernels in nacz/models/ssm/.
  *
  * Every function here performs exactly the same floating-point operations, in the same
  * order, as its numba twin, so both give bit-identical results (tests/test_ssm_twins.py).
- * Rules (DESIGN.md): build with -O3 -ffp-contract=off -fno-fast-math (no FMA contraction,
+ * Rules (docs/design.md): build with -O3 -ffp-contract=off -fno-fast-math (no FMA contraction,
  * no reassociation), no -march=native, no threads. No libm transcendental is used: fexp
  * and flog are polynomials in IEEE basic operations; sqrtf is correctly rounded.
  * Reductions use explicit lanes combined in a fixed tree, so they vectorise without
@@ -11,8 +11,8 @@
  * Exported functions (ctypes signatures in nacz/native.py): ssm_abi_version, ssm_dim_names,
  * ssm_refresh, ssm_vlog, ssm_vexp, ssm_step, ssm_logprobs, ssm_train, ssm_adam.
  *
- * All sizes and offsets come from the int64 array `dims` built by nacz/models/ssm.py
- * (_Layout); the index names below must stay in the order of DIM_NAMES there (checked at
+ * All sizes and offsets come from the int64 array `dims` built by nacz/models/ssm_layout.py
+ * (Layout); the index names below must stay in the order of DIM_NAMES there (checked at
  * load time through ssm_dim_names()).
  */
 #include <math.h>
@@ -213,7 +213,7 @@ static inline float sum16(const float *x, u64 n) {
 /* forward                                                                                */
 /* ------------------------------------------------------------------------------------- */
 
-/* One token through one Mamba block (see _layer_fwd in ssm.py). */
+/* One token through one Mamba block (see layer_fwd in nacz/models/ssm/forward.py). */
 INL void layer_fwd(const float *P, u64 lb, const int64_t *dims, const float *An,
                       float *act, u64 ro, float *xw, u64 xo, const float *hp, float *ho,
                       float *dA, float *tmp) {

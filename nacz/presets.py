@@ -29,18 +29,18 @@ class Preset:
 
 
 # Below this many tokens the SSM next to the LLM costs bits (it is still cold when the
-# file ends: 6 KB of licence text 0.955 -> 1.029 bits/byte); at 100 KB it was neutral on
-# prose and source (+0.1%, +0.2%) and paid on a JSON log (-3.6%).
+# file ends); at 100 KB it was about neutral on prose and source and paid on a JSON log
+# (figures: bench/results/design-figures.md).
 SSM_MIN_TOKENS = 16384
 
 LLM_FREE_LEVEL = 1  # the level --model none takes its settings from
 FASTEST_LLM_LEVEL = 2  # the level -1 takes its settings from when --model names an LLM
 
-SINKS = 4  # first tokens kept when the window slides ("attention sinks", DESIGN.md)
+SINKS = 4  # first tokens kept when the window slides ("attention sinks", docs/design.md)
 
 PRESETS = {
-    # LLM-free: one stream (it codes best, 4,500 tok/s on 1 MB of prose; more streams only
-    # amortise per-step overhead: 16 streams were 1.818 bits/byte against 1.762)
+    # LLM-free: one stream (it codes best; more streams only amortise per-step overhead:
+    # bench/results/design-figures.md)
     1: Preset(1, 256, 128, 1024, 1, "none", "full"),
     2: Preset(2, 384, 192, 1024, 64, "q8_0", "full"),
     3: Preset(3, 512, 256, 1024, 32, "q8_0", "full"),

@@ -89,10 +89,11 @@ DERIVED_FORMATS = ("q8_0",)
 def derived_model(base: Path, fmt: str, base_sha256: str) -> Path:
     """The base model re-quantised to ``fmt``, derived once into the cache directory.
 
-    Re-quantising the shipped Q4_1 SmolLM2 to Q8_0 gave the same bits per byte at ~1.35x
-    the speed (DESIGN.md), and llama.cpp's quantizer wrote byte-identical files with 1 and
-    2 threads; the derived file's SHA-256 goes into the header like any model's, so a
-    quantizer that ever derived different bytes would be refused, not silently used.
+    Re-quantising the shipped Q4_1 SmolLM2 to Q8_0 gave the same bits per byte, faster
+    (docs/design.md, bench/results/design-figures.md), and llama.cpp's quantizer wrote
+    byte-identical files with 1 and 2 threads; the derived file's SHA-256 goes into the
+    header like any model's, so a quantizer that ever derived different bytes would be
+    refused, not silently used.
     """
     from .backends import llama
 

@@ -1,7 +1,7 @@
 """Split input bytes into text-like regions (candidates for neural coding) and binary ones.
 
 Only bytes that form valid UTF-8 of code points the tokenizer is known to carry may ever
-reach llama.cpp's tokenizer: invalid UTF-8 aborts the whole process there (DESIGN.md).
+reach llama.cpp's tokenizer: invalid UTF-8 aborts the whole process there (docs/design.md).
 The tokenizer's round trip is verified afterwards per region; this module only makes sure
 nothing dangerous is offered to it.
 """

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from nacz.segment import MIN_TEXT_RUN, Region, is_text_safe, merge_adjacent, split_regions
 
-# Bytes the SmolLM2 tokenizer drops (DESIGN.md), invalid UTF-8, and a plane-4 code point.
+# Bytes the SmolLM2 tokenizer drops (docs/design.md), invalid UTF-8, and a plane-4 code point.
 UNSAFE = [b"\x04", b"\x06", b"\x13", b"\x14", b"\x16", b"\x1d", b"\x00", b"\xff", b"\xc3",
           b"\xed\xa0\x80", "\U00040000".encode()]
 

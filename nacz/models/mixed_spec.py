@@ -110,9 +110,7 @@ def _preset_2(n_tokens: int, vocab_size: int, n_dense: int) -> dict:
 def _preset_3(n_tokens: int, vocab_size: int, n_dense: int) -> dict:
     """Preset 2 with a flat unigram (alpha0 = 10,000 makes log(count + alpha0) nearly
     constant), for the LLM-free mode: there the SSM's own count prior already carries the
-    counts, and a sharp unigram next to it cost bits. LLM-free -1 on 100 KB, bits/byte
-    with alpha0 0.02 -> 10,000: prose 2.247 -> 2.090, source 1.743 -> 1.630, JSON log
-    0.360 -> 0.351 (16 streams, with the token alphabet of alphabet.py)."""
+    counts, and a sharp unigram next to it cost bits (bench/results/design-figures.md)."""
     spec = default_spec(n_tokens, vocab_size, n_dense=n_dense, det_skip=True)
     spec["bias"]["alpha0"] = 10000.0
     return spec

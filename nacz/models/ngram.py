@@ -238,8 +238,8 @@ def log_table(alphas, out):
 # -- the spec --------------------------------------------------------------------------
 def slot_bits_for(n_tokens: int, order: int, vocab_size: int, max_bits: int) -> int:
     """Slots for one order: 1-2 per distinct context the input can hold (at most
-    n_tokens, at most vocab_size ** order), a power of two within the cap. (Measured on
-    6k tokens of real text: 2.7 slots per token instead of 0.7 gained only 0.04%.)"""
+    n_tokens, at most vocab_size ** order), a power of two within the cap (more slots
+    gained next to nothing: bench/results/design-figures.md)."""
     distinct = max(1, n_tokens)
     if order * math.log2(max(2, vocab_size)) < 62:
         distinct = min(distinct, vocab_size ** order)
