@@ -161,7 +161,8 @@ class CKernels:
         p = b.ptrs
         return self.lib.ssm_train(a, b.S, p["dims"], p["inputs"], p["tgt"], p["Kt"],
                                   p["conv0"], p["ssm0"], p["P"], p["An"], p["emb"], p["Whf"],
-                                  p["pr"], p["gP"], p["gWh"], p["gemb"], p["act"], p["xs"], p["hs"],
+                                  p["pr"], p["gP"], p["gWh"], p["gemb"], p["act"], p["xs"],
+                                  p["hs"],
                                   p["dAs"], p["Lb"], p["bw"])
 
     def adam(self, b, K, rows, hp):

@@ -93,7 +93,8 @@ def default_spec(lr: float = 0.002, lr_free: float = 0.02, alpha0: float = 0.02)
 
 def validate(spec: object) -> dict:
     d = check.obj(spec, "bias", {"lr", "lr_free", "alpha0"})
-    return {"lr": check.number(d["lr"], "lr", 0.0, 1.0), "lr_free": check.number(d["lr_free"], "lr_free", 0.0, 1.0),
+    return {"lr": check.number(d["lr"], "lr", 0.0, 1.0),
+            "lr_free": check.number(d["lr_free"], "lr_free", 0.0, 1.0),
             "alpha0": check.number(d["alpha0"], "alpha0", 1e-4, 1e4)}
 
 

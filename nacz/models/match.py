@@ -261,9 +261,11 @@ def validate(spec: object) -> dict:
     out = {
         "min_len": check.integer(d["min_len"], "min_len", 1, MAX_ORDER),
         "verify": check.integer(d["verify"], "verify", 1, MAX_ORDER),
-        "capacity_bits": check.integer(d["capacity_bits"], "capacity_bits", MIN_CAP_BITS, MAX_CAP_BITS),
+        "capacity_bits": check.integer(d["capacity_bits"], "capacity_bits", MIN_CAP_BITS,
+                                       MAX_CAP_BITS),
         "bits": check.integer(d["bits"], "bits", MIN_BITS, MAX_BITS),
-        "edges": check.increasing(check.integers(d["edges"], "edges", 1, MAX_LEN, 1, 32), "match edges"),
+        "edges": check.increasing(check.integers(d["edges"], "edges", 1, MAX_LEN, 1, 32),
+                                  "match edges"),
         "apm_points": check.integer(d["apm_points"], "apm_points", 1, 256),
         "apm_range": check.number(d["apm_range"], "apm_range", 0.5, 30.0),
         "limit": check.integer(d["limit"], "limit", 1, 1 << 30),

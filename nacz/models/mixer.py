@@ -83,7 +83,8 @@ MIXER_KEYS = set(default_spec())
 def validate(spec: object) -> dict:
     d = check.obj(spec, "mixer", MIXER_KEYS)
     out = {
-        "ent_edges": check.increasing(check.numbers(d["ent_edges"], "ent_edges", 0.0, 20.0, 0, MAX_EDGES),
+        "ent_edges": check.increasing(check.numbers(d["ent_edges"], "ent_edges", 0.0, 20.0, 0,
+                                                    MAX_EDGES),
                                 "entropy edges"),
         "lr": check.number(d["lr"], "lr", 0.0, 1.0),
         "lr_llm": check.number(d["lr_llm"], "lr_llm", 0.0, 1.0),
