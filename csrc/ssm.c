@@ -209,6 +209,32 @@ static inline float sum16(const float *x, u64 n) {
     return t;
 }
 
+/* out[o] += sum_i x[i] * W[i * n_out + o] (o < n_out), accumulated in i order */
+INL void vecmat_acc(float *out, const float *x, const float *W, u64 n_in, u64 n_out) {
+    for (u64 i = 0; i < n_in; i++) {
+        float w = x[i];
+        const float *row = W + i * n_out;
+        for (u64 o = 0; o < n_out; o++) out[o] += w * row[o];
+    }
+}
+
+/* G[i * n_out + o] += x[i] * g[o]: the gradient of vecmat_acc's W */
+INL void outer_acc(float *G, const float *x, const float *g, u64 n_in, u64 n_out) {
+    for (u64 i = 0; i < n_in; i++) {
+        float w = x[i];
+        float *row = G + i * n_out;
+        for (u64 o = 0; o < n_out; o++) row[o] += w * g[o];
+    }
+}
+
+/* out = RMSNorm(r) * g over d values; the reciprocal rms goes to *rs_at */
+INL void rms_norm(const float *r, const float *g, float *rs_at, float *out, u64 d) {
+    float ss = dot8(r, r, d);
+    float rs = 1.0f / sqrtf(ss / (float)d + NORM_EPS);
+    *rs_at = rs;
+    for (u64 i = 0; i < d; i++) out[i] = (r[i] * rs) * g[i];
+}
+
 /* ------------------------------------------------------------------------------------- */
 /* forward                                                                                */
 /* ------------------------------------------------------------------------------------- */
@@ -239,18 +265,10 @@ INL void layer_fwd(const float *P, u64 lb, const int64_t *dims, const float *An,
     float *y = act + ro + DIM(X_A_Y);
     float *gy = act + ro + DIM(X_A_GY);
     float *nxt = act + ro + DIM(X_ASZ);
-    /* RMSNorm */
-    float ss = dot8(r, r, d);
-    float rs = 1.0f / sqrtf(ss / (float)d + NORM_EPS);
-    act[ro + DIM(X_A_RS)] = rs;
-    for (u64 i = 0; i < d; i++) nrm[i] = (r[i] * rs) * g[i];
+    rms_norm(r, g, act + ro + DIM(X_A_RS), nrm, d);
     /* in-projection */
     for (u64 o = 0; o < di2; o++) tmp[o] = 0.0f;
-    for (u64 i = 0; i < d; i++) {
-        float w = nrm[i];
-        const float *row = Win + i * di2;
-        for (u64 o = 0; o < di2; o++) tmp[o] += w * row[o];
-    }
+    vecmat_acc(tmp, nrm, Win, d, di2);
     float *xl = xw + xo + (Kc - 1) * di;
     for (u64 c = 0; c < di; c++) {
         xl[c] = tmp[c];
@@ -269,18 +287,10 @@ INL void layer_fwd(const float *P, u64 lb, const int64_t *dims, const float *An,
     }
     /* x-projection */
     for (u64 o = 0; o < Pp; o++) dbc[o] = 0.0f;
-    for (u64 c = 0; c < di; c++) {
-        float w = u[c];
-        const float *row = Wxp + c * Pp;
-        for (u64 o = 0; o < Pp; o++) dbc[o] += w * row[o];
-    }
+    vecmat_acc(dbc, u, Wxp, di, Pp);
     /* delta */
     for (u64 c = 0; c < di; c++) dpre[c] = bdt[c];
-    for (u64 q = 0; q < R; q++) {
-        float w = dbc[q];
-        const float *row = Wdt + q * di;
-        for (u64 c = 0; c < di; c++) dpre[c] += w * row[c];
-    }
+    vecmat_acc(dpre, dbc, Wdt, R, di);
     for (u64 c = 0; c < di; c++) dl[c] = softplus(dpre[c]);
     /* selective scan */
     for (u64 c = 0; c < di; c++) y[c] = 0.0f;
@@ -305,21 +315,14 @@ INL void layer_fwd(const float *P, u64 lb, const int64_t *dims, const float *An,
         gy[c] = y[c] * (zc * sigm(zc));
     }
     for (u64 j = 0; j < d; j++) nxt[j] = 0.0f;
-    for (u64 c = 0; c < di; c++) {
-        float w = gy[c];
-        const float *row = Wout + c * d;
-        for (u64 j = 0; j < d; j++) nxt[j] += w * row[j];
-    }
+    vecmat_acc(nxt, gy, Wout, di, d);
     for (u64 j = 0; j < d; j++) nxt[j] = r[j] + nxt[j];
 }
 
 INL void final_norm(const float *P, const int64_t *dims, float *fin) {
     const u64 d = DIM(X_D);
     const float *gf = P + DIM(X_O_GF);
-    float ss = dot8(fin, fin, d);
-    float rs = 1.0f / sqrtf(ss / (float)d + NORM_EPS);
-    fin[d] = rs;
-    for (u64 i = 0; i < d; i++) fin[d + 1 + i] = (fin[i] * rs) * gf[i];
+    rms_norm(fin, gf, fin + d, fin + d + 1, d);
 }
 
 SSM_API HOT void ssm_refresh(const int64_t *dims, const float *P, float *An) {
@@ -469,11 +472,7 @@ INL void layer_bwd(const float *P, float *gP, u64 l, const int64_t *dims, const 
         const float *rec = act + t * tsz + l * asz;
         const float *dO = dR + t * d;
         float *dy = dY + t * di, *dz = dZ + t * di, *du = dU + t * di;
-        for (u64 c = 0; c < di; c++) {
-            float w = rec[aGY + c];
-            float *row = gWout + c * d;
-            for (u64 j = 0; j < d; j++) row[j] += w * dO[j];
-        }
+        outer_acc(gWout, rec + aGY, dO, di, d);
         for (u64 c = 0; c < di; c++) dy[c] = dot8(Wout + c * d, dO, d);
         for (u64 c = 0; c < di; c++) {
             float zc = rec[aZ + c];
@@ -536,18 +535,10 @@ INL void layer_bwd(const float *P, float *gP, u64 l, const int64_t *dims, const 
             ddel[c] = ddel[c] * sigm(dpre[c]);
             gbdt[c] += ddel[c];
         }
-        for (u64 q = 0; q < R; q++) {
-            float w = dbc[q];
-            float *row = gWdt + q * di;
-            for (u64 c = 0; c < di; c++) row[c] += w * ddel[c];
-        }
+        outer_acc(gWdt, dbc, ddel, R, di);
         for (u64 q = 0; q < R; q++) t2[q] = dot8(Wdt + q * di, ddel, di);
         for (u64 s = 0; s < N2; s++) t2[R + s] = dbct[s];
-        for (u64 c = 0; c < di; c++) {
-            float w = u[c];
-            float *row = gWxp + c * Pp;
-            for (u64 o = 0; o < Pp; o++) row[o] += w * t2[o];
-        }
+        outer_acc(gWxp, u, t2, di, Pp);
         for (u64 c = 0; c < di; c++) du[c] += dot8(Wxp + c * Pp, t2, Pp);
         for (u64 c = 0; c < di; c++) {
             float xv = xc[c];
@@ -580,11 +571,7 @@ INL void layer_bwd(const float *P, float *gP, u64 l, const int64_t *dims, const 
             t1[c] = dx[c];
             t1[di + c] = dz[c];
         }
-        for (u64 i = 0; i < d; i++) {
-            float w = rec[aN + i];
-            float *row = gWin + i * di2;
-            for (u64 o = 0; o < di2; o++) row[o] += w * t1[o];
-        }
+        outer_acc(gWin, rec + aN, t1, d, di2);
         for (u64 i = 0; i < d; i++) t2[i] = dot8(Win + i * di2, t1, di2);
         for (u64 i = 0; i < d; i++) {
             t3[i] = rec[aR + i] * rs;

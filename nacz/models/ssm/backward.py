@@ -15,7 +15,7 @@ from ..ssm_layout import (X_ASZ, X_A_DBC, X_A_DEL, X_A_DPRE, X_A_GY, X_A_N, X_A_
                           X_B_T2, X_B_T3, X_CAP, X_D, X_DI, X_KC, X_KT, X_L, X_LSZ, X_N,
                           X_NCORE, X_O_ALOG, X_O_BDT, X_O_CB, X_O_CW, X_O_D, X_O_G, X_O_GF,
                           X_O_WDT, X_O_WIN, X_O_WOUT, X_O_WXP, X_P, X_R, X_T, X_TSZ, X_V)
-from .fmath import F32, JIT, ONE, U, U0, U1, U2, Z, dot8, fexp, flog, sigm, sum16
+from .fmath import F32, JIT, ONE, U, U0, U1, U2, Z, dot8, fexp, flog, outer_acc, sigm, sum16
 from .forward import final_norm, head_fwd, layer_fwd, k_refresh
 
 
@@ -78,11 +78,7 @@ def layer_bwd(P, gP, l, dims, An, ano, act, xs, xso, hs, hso, dAs, dso, bw):
         dy = bY + t * di
         dz = bZ + t * di
         du = bU + t * di
-        for c in range(di):
-            w = act[rec + aGY + c]
-            row = owout + c * d
-            for j in range(d):
-                gP[row + j] += w * bw[dO + j]
+        outer_acc(gP, owout, act, rec + aGY, bw, dO, di, d)
         for c in range(di):
             bw[dy + c] = dot8(P, owout + c * d, bw, dO, d)
         for c in range(di):
@@ -154,20 +150,12 @@ def layer_bwd(P, gP, l, dims, An, ano, act, xs, xso, hs, hso, dAs, dso, bw):
         for c in range(di):
             bw[ddel + c] = bw[ddel + c] * sigm(act[dpre + c])
             gP[obdt + c] += bw[ddel + c]
-        for q in range(R):
-            w = act[dbc + q]
-            row = owdt + q * di
-            for c in range(di):
-                gP[row + c] += w * bw[ddel + c]
+        outer_acc(gP, owdt, act, dbc, bw, ddel, R, di)
         for q in range(R):
             bw[b2 + q] = dot8(P, owdt + q * di, bw, ddel, di)
         for s in range(N2):
             bw[b2 + R + s] = bw[dbct + s]
-        for c in range(di):
-            w = act[u + c]
-            row = owxp + c * Pp
-            for o in range(Pp):
-                gP[row + o] += w * bw[b2 + o]
+        outer_acc(gP, owxp, act, u, bw, b2, di, Pp)
         for c in range(di):
             bw[du + c] += dot8(P, owxp + c * Pp, bw, b2, Pp)
         for c in range(di):
@@ -199,11 +187,7 @@ def layer_bwd(P, gP, l, dims, An, ano, act, xs, xso, hs, hso, dAs, dso, bw):
         for c in range(di):
             bw[b1 + c] = bw[dx + c]
             bw[b1 + di + c] = bw[dz + c]
-        for i in range(d):
-            w = act[rec + aN + i]
-            row = owin + i * di2
-            for o in range(di2):
-                gP[row + o] += w * bw[b1 + o]
+        outer_acc(gP, owin, act, rec + aN, bw, b1, d, di2)
         for i in range(d):
             bw[b2 + i] = dot8(P, owin + i * di2, bw, b1, di2)
         for i in range(d):

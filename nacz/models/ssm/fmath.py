@@ -9,6 +9,8 @@ combined in a fixed tree, as in C. Keep every operation in the same order as the
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -233,6 +235,39 @@ def sum16(x, xo, n):
         s += x[xo + k]
     return s
 
+
+
+
+@numba.jit(**JIT)
+def vecmat_acc(out, oo, x, xo, W, wo, n_in, n_out):
+    """out[oo+o] += sum_i x[xo+i] * W[wo + i*n_out + o] (o < n_out), accumulated in i
+    order (vectorised across o)."""
+    for i in range(n_in):
+        w = x[xo + i]
+        row = wo + i * n_out
+        for o in range(n_out):
+            out[oo + o] += w * W[row + o]
+
+
+@numba.jit(**JIT)
+def outer_acc(G, go, x, xo, g, gof, n_in, n_out):
+    """G[go + i*n_out + o] += x[xo+i] * g[gof+o]: the gradient of vecmat_acc's W."""
+    for i in range(n_in):
+        w = x[xo + i]
+        row = go + i * n_out
+        for o in range(n_out):
+            G[row + o] += w * g[gof + o]
+
+
+@numba.jit(**JIT)
+def rms_norm(r, ro, g, go, rs_at, out, oo, d):
+    """out[oo:oo+d] = RMSNorm(r[ro:ro+d]) * g[go:go+d]; the reciprocal rms goes to
+    out[rs_at] (r and out may be the same array)."""
+    ss = dot8(r, ro, r, ro, d)
+    rs = ONE / math.sqrt(ss / F32(d) + NORM_EPS)
+    out[rs_at] = rs
+    for i in range(d):
+        out[oo + i] = (r[ro + i] * rs) * g[go + i]
 
 
 refresh_kernel_cache(globals())

@@ -8,8 +8,6 @@ threaded, nothing uses fastmath.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
@@ -18,8 +16,8 @@ from ..ssm_layout import (X_ASZ, X_A_DBC, X_A_DEL, X_A_DPRE, X_A_GY, X_A_N, X_A_
                           X_A_U, X_A_XC, X_A_Y, X_A_Z, X_CAP, X_D, X_DI, X_KC, X_KT, X_L,
                           X_LSZ, X_N, X_O_ALOG, X_O_BDT, X_O_CB, X_O_CW, X_O_D, X_O_G,
                           X_O_GF, X_O_WDT, X_O_WIN, X_O_WOUT, X_O_WXP, X_P, X_R, X_V)
-from .fmath import (F32, JIT, LOGIT_CLIP, NORM_EPS, ONE, U, U0, U1, U2, Z, dot8, fexp, flog,
-                    sigm, softplus, sum16)
+from .fmath import (F32, JIT, LOGIT_CLIP, U, U0, U1, U2, Z, fexp, flog, rms_norm, sigm,
+                    softplus, sum16, vecmat_acc)
 
 
 @numba.jit(**JIT)
@@ -57,20 +55,11 @@ def layer_fwd(P, lb, dims, An, ano, act, ro, xw, xo, hp, hpo, ho, hoo, dA, dao, 
     y = ro + U(dims[X_A_Y])
     gy = ro + U(dims[X_A_GY])
     nxt = ro + U(dims[X_ASZ])
-    # RMSNorm
-    ss = dot8(act, r, act, r, d)
-    rs = ONE / math.sqrt(ss / F32(d) + NORM_EPS)
-    act[ro + U(dims[X_A_RS])] = rs
-    for i in range(d):
-        act[nrm + i] = (act[r + i] * rs) * P[og + i]
+    rms_norm(act, r, P, og, ro + U(dims[X_A_RS]), act, nrm, d)
     # in-projection: xz[o] = sum_i nrm[i] * Win[i, o]
     for o in range(di2):
         tmp[tmo + o] = Z
-    for i in range(d):
-        w = act[nrm + i]
-        row = owin + i * di2
-        for o in range(di2):
-            tmp[tmo + o] += w * P[row + o]
+    vecmat_acc(tmp, tmo, act, nrm, P, owin, d, di2)
     xl = xo + (Kc - U1) * di
     for c in range(di):
         xw[xl + c] = tmp[tmo + c]
@@ -89,19 +78,11 @@ def layer_fwd(P, lb, dims, An, ano, act, ro, xw, xo, hp, hpo, ho, hoo, dA, dao, 
     # x-projection to (dt_raw, B, C)
     for o in range(Pp):
         act[dbc + o] = Z
-    for c in range(di):
-        w = act[u + c]
-        row = owxp + c * Pp
-        for o in range(Pp):
-            act[dbc + o] += w * P[row + o]
+    vecmat_acc(act, dbc, act, u, P, owxp, di, Pp)
     # Δ = softplus(b_dt + dt_raw @ Wdt)
     for c in range(di):
         act[dpre + c] = P[obdt + c]
-    for q in range(R):
-        w = act[dbc + q]
-        row = owdt + q * di
-        for c in range(di):
-            act[dpre + c] += w * P[row + c]
+    vecmat_acc(act, dpre, act, dbc, P, owdt, R, di)
     for c in range(di):
         act[dl + c] = softplus(act[dpre + c])
     # selective scan (two loops per state row: few memory streams, so LLVM vectorises)
@@ -128,11 +109,7 @@ def layer_fwd(P, lb, dims, An, ano, act, ro, xw, xo, hp, hpo, ho, hoo, dA, dao, 
         act[gy + c] = act[y + c] * (zc * sigm(zc))
     for j in range(d):
         act[nxt + j] = Z
-    for c in range(di):
-        w = act[gy + c]
-        row = owout + c * d
-        for j in range(d):
-            act[nxt + j] += w * P[row + j]
+    vecmat_acc(act, nxt, act, gy, P, owout, di, d)
     for j in range(d):
         act[nxt + j] = act[r + j] + act[nxt + j]
 
@@ -142,11 +119,7 @@ def final_norm(P, dims, act, fo):
     """act[fo:] = [r (d), rs (1), h (d)]: h = RMSNorm(r) * g_f."""
     d = U(dims[X_D])
     ogf = U(dims[X_O_GF])
-    ss = dot8(act, fo, act, fo, d)
-    rs = ONE / math.sqrt(ss / F32(d) + NORM_EPS)
-    act[fo + d] = rs
-    for i in range(d):
-        act[fo + d + U1 + i] = (act[fo + i] * rs) * P[ogf + i]
+    rms_norm(act, fo, P, ogf, fo + d, act, fo + d + U1, d)
 
 
 @numba.jit(**JIT)
