@@ -136,6 +136,21 @@ class MixerWeights:
 
 # -- kernels ---------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
+def floored(z):
+    """An exponent at least EXP_FLOOR (a NaN gets the floor)."""
+    return z if z >= EXP_FLOOR else EXP_FLOOR
+
+
+@numba.njit(cache=True, nogil=True)
+def bounded(z):
+    """An exponent within [EXP_FLOOR, EXP_CEIL] (a NaN gets the floor; the ceiling is
+    reached only if a dense input is not a log-probability)."""
+    if not z >= EXP_FLOOR:
+        return EXP_FLOOR
+    return EXP_CEIL if z > EXP_CEIL else z
+
+
+@numba.njit(cache=True, nogil=True)
 def clamp(x, lo, hi):
     """x within [lo, hi]; NaN gives lo (weights stay finite whatever the inputs)."""
     return lo if not x >= lo else (hi if x > hi else x)
@@ -187,8 +202,7 @@ def dense_pass(out, llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n_
         for j in range(n):
             x = np.float64(llm[j])
             z = wl * (x - lmax) + (b[j] - bmax)
-            if not z >= EXP_FLOOR:  # NaN-safe: a NaN input gets the floor
-                z = EXP_FLOOR
+            z = floored(z)
             e = math.exp(z)
             out[j] = e
             t_all += e
@@ -199,8 +213,7 @@ def dense_pass(out, llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n_
     elif n_dense == 0:
         for j in range(n):
             z = (b[j] - bmax) + (u0[j] - u0max)
-            if not z >= EXP_FLOOR:  # NaN-safe: a NaN input gets the floor
-                z = EXP_FLOOR
+            z = floored(z)
             e = math.exp(z)
             out[j] = e
             t_all += e
@@ -221,10 +234,7 @@ def dense_pass(out, llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n_
             else:
                 z += u0[j] - u0max
             z += w0 * y0
-            if not z >= EXP_FLOOR:  # NaN-safe: a NaN input gets the floor
-                z = EXP_FLOOR
-            elif z > EXP_CEIL:  # only if a dense input is not a log-probability
-                z = EXP_CEIL
+            z = bounded(z)
             e = math.exp(z)
             out[j] = e
             t_all += e
@@ -237,10 +247,7 @@ def dense_pass(out, llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n_
     else:
         for j in range(n):
             z = _dense_z(llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n_dense, j)
-            if not z >= EXP_FLOOR:  # NaN-safe: a NaN input gets the floor
-                z = EXP_FLOOR
-            elif z > EXP_CEIL:  # only if a dense input is not a log-probability
-                z = EXP_CEIL
+            z = bounded(z)
             e = math.exp(z)
             out[j] = e
             t_all += e
@@ -259,13 +266,12 @@ def dense_pass(out, llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n_
 @numba.njit(cache=True, nogil=True)
 def bias_exp(b, bmax, u0, u0max, ebuf):
     """ebuf = exp((b - bmax) + (u0 - u0max)), floored: the dense part of every row
-    without the LLM and without dense inputs. It is the same for all such rows of a step (b only changes in
-    update), so a step computes it once: LLM-free rows then cost no exp of their own."""
+    without the LLM and without dense inputs. It is the same for all such rows of a step
+    (b only changes in update), so a step computes it once: LLM-free rows then cost no exp
+    of their own."""
     for j in range(b.shape[0]):
         z = (b[j] - bmax) + (u0[j] - u0max)
-        if not z >= EXP_FLOOR:
-            z = EXP_FLOOR
-        ebuf[j] = math.exp(z)
+        ebuf[j] = math.exp(floored(z))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -296,11 +302,7 @@ def sparse_pass(out, llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n
         mark[t] = 2
         z = _dense_z(llm, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, wd, n_dense,
                      t) + add[t]
-        if not z >= EXP_FLOOR:
-            z = EXP_FLOOR
-        elif z > EXP_CEIL:
-            z = EXP_CEIL
-        e = math.exp(z)
+        e = math.exp(bounded(z))
         out[t] = e
         if t == held:
             continue

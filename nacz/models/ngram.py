@@ -27,7 +27,7 @@ import math
 import numba
 import numpy as np
 
-from ..validation import ENSEMBLE as check
+from ..validation import ENSEMBLE  # (not 'check': the tables' word for a hash tag)
 from .kernel_cache import refresh_kernel_cache
 
 TOKEN_BITS = 24
@@ -163,6 +163,15 @@ def conf_bucket(total, distinct):
 
 
 @numba.njit(cache=True, nogil=True)
+def context_slot(tab, bases, masks, width, hashes, j):
+    """The table slot of order j's context, or -1 (no context: hash 0; or not stored)."""
+    h = hashes[j]
+    if h == np.uint64(0):
+        return -1
+    return find_slot(tab, bases[j], masks[j], width, h)
+
+
+@numba.njit(cache=True, nogil=True)
 def gather(tab, bases, masks, width, hashes, logtab, sp_tok, sp_ord, sp_val, conf, start):
     """Append the sparse features of every present context to the sp_* lists from
     ``start``; set ``conf[j]`` to order j's confidence bucket (-1 when absent). Returns
@@ -171,10 +180,7 @@ def gather(tab, bases, masks, width, hashes, logtab, sp_tok, sp_ord, sp_val, con
     top = 0
     for j in range(hashes.shape[0]):
         conf[j] = -1
-        h = hashes[j]
-        if h == np.uint64(0):
-            continue
-        at = find_slot(tab, bases[j], masks[j], width, h)
+        at = context_slot(tab, bases, masks, width, hashes, j)
         if at < 0:
             continue
         total = 0
@@ -207,10 +213,7 @@ def deterministic_guess(tab, bases, masks, width, ring, count, orders, A, hbuf, 
         key[s] = -1
         context_hashes(ring, count, s, orders, hbuf)
         for j in range(n_orders - 1, -1, -1):
-            h = hbuf[j]
-            if h == np.uint64(0):
-                continue
-            at = find_slot(tab, bases[j], masks[j], width, h)
+            at = context_slot(tab, bases, masks, width, hbuf, j)
             if at < 0:
                 continue
             distinct = 0
@@ -267,16 +270,16 @@ def default_spec(n_tokens: int, vocab_size: int = 49152, orders=DEFAULT_ORDERS,
 
 
 def validate(spec: object) -> dict:
-    d = check.obj(spec, "ngram", {"orders", "bits", "entries", "alpha"})
-    orders = check.integers(d["orders"], "orders", 1, MAX_ORDER, 1, MAX_ORDERS)
+    d = ENSEMBLE.obj(spec, "ngram", {"orders", "bits", "entries", "alpha"})
+    orders = ENSEMBLE.integers(d["orders"], "orders", 1, MAX_ORDER, 1, MAX_ORDERS)
     if any(a >= b for a, b in zip(orders, orders[1:])):
-        raise check.error("n-gram orders not increasing")
-    bits = check.integers(d["bits"], "bits", MIN_BITS, MAX_BITS, len(orders), len(orders))
-    entries = check.integer(d["entries"], "entries", 1, MAX_ENTRIES)
+        raise ENSEMBLE.error("n-gram orders not increasing")
+    bits = ENSEMBLE.integers(d["bits"], "bits", MIN_BITS, MAX_BITS, len(orders), len(orders))
+    entries = ENSEMBLE.integer(d["entries"], "entries", 1, MAX_ENTRIES)
     alpha = d["alpha"]
     if not isinstance(alpha, list) or len(alpha) != len(orders):
-        raise check.error("bad n-gram alpha")
-    alphas = [check.number(a, "a", 1e-3, 1e3) for a in alpha]
+        raise ENSEMBLE.error("bad n-gram alpha")
+    alphas = [ENSEMBLE.number(a, "a", 1e-3, 1e3) for a in alpha]
     return {"orders": orders, "bits": bits, "entries": entries, "alpha": alphas}
 
 
