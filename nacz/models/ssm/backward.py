@@ -9,14 +9,12 @@ import numba
 import numpy as np
 
 from ..kernel_cache import refresh_kernel_cache
-from ..ssm_layout import (X_ASZ, X_A_DBC, X_A_DEL, X_A_DPRE, X_A_GY, X_A_N, X_A_R, X_A_RS,
-                          X_A_U, X_A_XC, X_A_Y, X_A_Z, X_B_DAN, X_B_DBC, X_B_DDEL, X_B_DH,
-                          X_B_DHT, X_B_DR, X_B_DU, X_B_DX, X_B_DY, X_B_DZ, X_B_GT, X_B_T1,
-                          X_B_T2, X_B_T3, X_CAP, X_D, X_DI, X_KC, X_KT, X_L, X_LSZ, X_N,
-                          X_NCORE, X_O_ALOG, X_O_BDT, X_O_CB, X_O_CW, X_O_D, X_O_G, X_O_GF,
-                          X_O_WDT, X_O_WIN, X_O_WOUT, X_O_WXP, X_P, X_R, X_T, X_TSZ, X_V)
+from ..ssm_layout import (X_ASZ, X_B_DAN, X_B_DBC, X_B_DDEL, X_B_DH, X_B_DHT, X_B_DR,
+                          X_B_DU, X_B_DX, X_B_DY, X_B_DZ, X_B_GT, X_B_T1, X_B_T2, X_B_T3,
+                          X_CAP, X_D, X_DI, X_KC, X_KT, X_L, X_LSZ, X_N, X_NCORE, X_O_GF,
+                          X_P, X_R, X_T, X_TSZ, X_V)
 from .fmath import F32, JIT, ONE, U, U0, U1, U2, Z, dot8, fexp, flog, outer_acc, sigm, sum16
-from .forward import final_norm, head_fwd, layer_fwd, k_refresh
+from .forward import act_record, final_norm, head_fwd, k_refresh, layer_fwd, layer_params
 
 
 @numba.jit(**JIT)
@@ -38,27 +36,8 @@ def layer_bwd(P, gP, l, dims, An, ano, act, xs, xso, hs, hso, dAs, dso, bw):
     di2 = U2 * di
     N2 = U2 * N
     lb = l * U(dims[X_LSZ])
-    og = lb + U(dims[X_O_G])
-    owin = lb + U(dims[X_O_WIN])
-    ocw = lb + U(dims[X_O_CW])
-    ocb = lb + U(dims[X_O_CB])
-    owxp = lb + U(dims[X_O_WXP])
-    owdt = lb + U(dims[X_O_WDT])
-    obdt = lb + U(dims[X_O_BDT])
-    oalog = lb + U(dims[X_O_ALOG])
-    oD = lb + U(dims[X_O_D])
-    owout = lb + U(dims[X_O_WOUT])
-    aR = U(dims[X_A_R])
-    aRS = U(dims[X_A_RS])
-    aN = U(dims[X_A_N])
-    aZ = U(dims[X_A_Z])
-    aXC = U(dims[X_A_XC])
-    aU = U(dims[X_A_U])
-    aDBC = U(dims[X_A_DBC])
-    aDPRE = U(dims[X_A_DPRE])
-    aDEL = U(dims[X_A_DEL])
-    aY = U(dims[X_A_Y])
-    aGY = U(dims[X_A_GY])
+    og, owin, ocw, ocb, owxp, owdt, obdt, oalog, oD, owout = layer_params(dims, lb)
+    aR, aRS, aN, aZ, aXC, aU, aDBC, aDPRE, aDEL, aY, aGY = act_record(dims, U0)
     bR = U(dims[X_B_DR])
     bY = U(dims[X_B_DY])
     bZ = U(dims[X_B_DZ])

@@ -239,24 +239,25 @@ def sum16(x, xo, n):
 
 
 @numba.jit(**JIT)
+def axpy(y, yo, a, x, xo, n):
+    """y[yo+o] += a * x[xo+o] for o < n (vectorised)."""
+    for o in range(n):
+        y[yo + o] += a * x[xo + o]
+
+
+@numba.jit(**JIT)
 def vecmat_acc(out, oo, x, xo, W, wo, n_in, n_out):
     """out[oo+o] += sum_i x[xo+i] * W[wo + i*n_out + o] (o < n_out), accumulated in i
     order (vectorised across o)."""
     for i in range(n_in):
-        w = x[xo + i]
-        row = wo + i * n_out
-        for o in range(n_out):
-            out[oo + o] += w * W[row + o]
+        axpy(out, oo, x[xo + i], W, wo + i * n_out, n_out)
 
 
 @numba.jit(**JIT)
 def outer_acc(G, go, x, xo, g, gof, n_in, n_out):
     """G[go + i*n_out + o] += x[xo+i] * g[gof+o]: the gradient of vecmat_acc's W."""
     for i in range(n_in):
-        w = x[xo + i]
-        row = go + i * n_out
-        for o in range(n_out):
-            G[row + o] += w * g[gof + o]
+        axpy(G, go + i * n_out, x[xo + i], g, gof, n_out)
 
 
 @numba.jit(**JIT)

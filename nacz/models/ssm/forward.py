@@ -8,6 +8,8 @@ threaded, nothing uses fastmath.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numba
 import numpy as np
 
@@ -18,6 +20,28 @@ from ..ssm_layout import (X_ASZ, X_A_DBC, X_A_DEL, X_A_DPRE, X_A_GY, X_A_N, X_A_
                           X_O_GF, X_O_WDT, X_O_WIN, X_O_WOUT, X_O_WXP, X_P, X_R, X_V)
 from .fmath import (F32, JIT, LOGIT_CLIP, U, U0, U1, U2, Z, fexp, flog, rms_norm, sigm,
                     softplus, sum16, vecmat_acc)
+
+
+# Offsets of one layer's parameters in P (from the layer's base) and of the parts of one
+# activation record (from the record's base), for both directions; unpacked in this order.
+LayerParams = namedtuple("LayerParams", "g win cw cb wxp wdt bdt alog D wout")
+ActRecord = namedtuple("ActRecord", "r rs n z xc u dbc dpre dl y gy")
+
+
+@numba.jit(**JIT)
+def layer_params(dims, lb):
+    return LayerParams(lb + U(dims[X_O_G]), lb + U(dims[X_O_WIN]), lb + U(dims[X_O_CW]),
+                       lb + U(dims[X_O_CB]), lb + U(dims[X_O_WXP]), lb + U(dims[X_O_WDT]),
+                       lb + U(dims[X_O_BDT]), lb + U(dims[X_O_ALOG]), lb + U(dims[X_O_D]),
+                       lb + U(dims[X_O_WOUT]))
+
+
+@numba.jit(**JIT)
+def act_record(dims, ro):
+    return ActRecord(ro + U(dims[X_A_R]), ro + U(dims[X_A_RS]), ro + U(dims[X_A_N]),
+                     ro + U(dims[X_A_Z]), ro + U(dims[X_A_XC]), ro + U(dims[X_A_U]),
+                     ro + U(dims[X_A_DBC]), ro + U(dims[X_A_DPRE]), ro + U(dims[X_A_DEL]),
+                     ro + U(dims[X_A_Y]), ro + U(dims[X_A_GY]))
 
 
 @numba.jit(**JIT)
@@ -35,27 +59,10 @@ def layer_fwd(P, lb, dims, An, ano, act, ro, xw, xo, hp, hpo, ho, hoo, dA, dao, 
     Pp = U(dims[X_P])
     Kc = U(dims[X_KC])
     di2 = U2 * di
-    og = lb + U(dims[X_O_G])
-    owin = lb + U(dims[X_O_WIN])
-    ocw = lb + U(dims[X_O_CW])
-    ocb = lb + U(dims[X_O_CB])
-    owxp = lb + U(dims[X_O_WXP])
-    owdt = lb + U(dims[X_O_WDT])
-    obdt = lb + U(dims[X_O_BDT])
-    oD = lb + U(dims[X_O_D])
-    owout = lb + U(dims[X_O_WOUT])
-    r = ro + U(dims[X_A_R])
-    nrm = ro + U(dims[X_A_N])
-    z = ro + U(dims[X_A_Z])
-    xc = ro + U(dims[X_A_XC])
-    u = ro + U(dims[X_A_U])
-    dbc = ro + U(dims[X_A_DBC])
-    dpre = ro + U(dims[X_A_DPRE])
-    dl = ro + U(dims[X_A_DEL])
-    y = ro + U(dims[X_A_Y])
-    gy = ro + U(dims[X_A_GY])
+    og, owin, ocw, ocb, owxp, owdt, obdt, _, oD, owout = layer_params(dims, lb)
+    r, rs_at, nrm, z, xc, u, dbc, dpre, dl, y, gy = act_record(dims, ro)
     nxt = ro + U(dims[X_ASZ])
-    rms_norm(act, r, P, og, ro + U(dims[X_A_RS]), act, nrm, d)
+    rms_norm(act, r, P, og, rs_at, act, nrm, d)
     # in-projection: xz[o] = sum_i nrm[i] * Win[i, o]
     for o in range(di2):
         tmp[tmo + o] = Z
