@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from collections import namedtuple
+
 import numba
 import numpy as np
 
@@ -12,9 +14,24 @@ from ..kernel_cache import refresh_kernel_cache
 from ..ssm_layout import (X_ASZ, X_B_DAN, X_B_DBC, X_B_DDEL, X_B_DH, X_B_DHT, X_B_DR,
                           X_B_DU, X_B_DX, X_B_DY, X_B_DZ, X_B_GT, X_B_T1, X_B_T2, X_B_T3,
                           X_CAP, X_D, X_DI, X_KC, X_KT, X_L, X_LSZ, X_N, X_NCORE, X_O_GF,
-                          X_P, X_R, X_T, X_TSZ, X_V)
+                          X_T, X_TSZ, X_V)
 from .fmath import F32, JIT, ONE, U, U0, U1, U2, Z, dot8, fexp, flog, outer_acc, sigm, sum16
-from .forward import act_record, final_norm, head_fwd, k_refresh, layer_fwd, layer_params
+from .forward import (act_record, final_norm, head_fwd, k_refresh, layer_fwd, layer_params,
+                      layer_sizes)
+
+
+# Offsets in the backward workspace bw: per-step gradients of the chunk (dR .. dBC), the
+# scan's state gradients (dh, dAn), the head's (dHT, GT) and three scratch rows; unpacked
+# in this order.
+GradWork = namedtuple("GradWork", "dR dY dZ dU dDel dX dBC dh dAn dHT GT t1 t2 t3")
+
+
+@numba.jit(**JIT)
+def grad_work(dims):
+    return GradWork(U(dims[X_B_DR]), U(dims[X_B_DY]), U(dims[X_B_DZ]), U(dims[X_B_DU]),
+                    U(dims[X_B_DDEL]), U(dims[X_B_DX]), U(dims[X_B_DBC]), U(dims[X_B_DH]),
+                    U(dims[X_B_DAN]), U(dims[X_B_DHT]), U(dims[X_B_GT]), U(dims[X_B_T1]),
+                    U(dims[X_B_T2]), U(dims[X_B_T3]))
 
 
 @numba.jit(**JIT)
@@ -23,12 +40,7 @@ def layer_bwd(P, gP, l, dims, An, ano, act, xs, xso, hs, hso, dAs, dso, bw):
     and dLoss/d(layer input) on exit; parameter gradients are added to gP.
     xs[xso:] conv rows (Kc-1 start rows, then x_t), hs[hso:] states h_-1..h_{T-1},
     dAs[dso:] exp(Δ·A) per step."""
-    d = U(dims[X_D])
-    di = U(dims[X_DI])
-    N = U(dims[X_N])
-    R = U(dims[X_R])
-    Pp = U(dims[X_P])
-    Kc = U(dims[X_KC])
+    d, di, N, R, Pp, Kc = layer_sizes(dims)
     T = U(dims[X_T])
     asz = U(dims[X_ASZ])
     tsz = U(dims[X_TSZ])
@@ -38,18 +50,7 @@ def layer_bwd(P, gP, l, dims, An, ano, act, xs, xso, hs, hso, dAs, dso, bw):
     lb = l * U(dims[X_LSZ])
     og, owin, ocw, ocb, owxp, owdt, obdt, oalog, oD, owout = layer_params(dims, lb)
     aR, aRS, aN, aZ, aXC, aU, aDBC, aDPRE, aDEL, aY, aGY = act_record(dims, U0)
-    bR = U(dims[X_B_DR])
-    bY = U(dims[X_B_DY])
-    bZ = U(dims[X_B_DZ])
-    bU = U(dims[X_B_DU])
-    bDel = U(dims[X_B_DDEL])
-    bX = U(dims[X_B_DX])
-    bBC = U(dims[X_B_DBC])
-    bh = U(dims[X_B_DH])
-    bAn = U(dims[X_B_DAN])
-    b1 = U(dims[X_B_T1])
-    b2 = U(dims[X_B_T2])
-    b3 = U(dims[X_B_T3])
+    bR, bY, bZ, bU, bDel, bX, bBC, bh, bAn, _, _, b1, b2, b3 = grad_work(dims)
     # phase A: out-projection, gate, D skip
     for t in range(T):
         rec = t * tsz + l * asz
@@ -208,7 +209,7 @@ def k_train(a, S, dims, inputs, tgt, Kt, conv0, ssm0, P, An, emb, Whf, pr, gP, g
         src = (a * L + l) * nd
         for i in range(nd):
             hs[l * T1 * nd + i] = ssm0[src + i]
-    tmo = U(dims[X_B_T1])
+    bR, _, _, _, _, _, _, _, _, bHT, bGT, tmo, b2, b3 = grad_work(dims)
     # forward over the chunk, keeping activations
     for t in range(T):
         e = U(inputs[t * S + a]) * d
@@ -249,8 +250,6 @@ def k_train(a, S, dims, inputs, tgt, Kt, conv0, ssm0, P, An, emb, Whf, pr, gP, g
         for k in range(K + U1, Kmax + U1):
             Lb[row + k] = Z
     # head gradients: gWh[j, k] += sum_t h[t, j] G[t, k]; dHT[j, t] = sum_k Whf[j, k] G[t, k]
-    bHT = U(dims[X_B_DHT])
-    bGT = U(dims[X_B_GT])
     for i in range(d * T):
         bw[bHT + i] = Z
     for k0 in range(U0, Kmax + U1, KT):
@@ -277,9 +276,6 @@ def k_train(a, S, dims, inputs, tgt, Kt, conv0, ssm0, P, An, emb, Whf, pr, gP, g
                     bw[dh + t] += w * bw[gt + t]
     # final RMSNorm backward -> dR
     ogf = U(dims[X_O_GF])
-    bR = U(dims[X_B_DR])
-    b2 = U(dims[X_B_T2])
-    b3 = U(dims[X_B_T3])
     for t in range(T):
         fo = t * tsz + L * asz
         rs = act[fo + d]

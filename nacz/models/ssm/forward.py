@@ -24,8 +24,15 @@ from .fmath import (F32, JIT, LOGIT_CLIP, U, U0, U1, U2, Z, fexp, flog, rms_norm
 
 # Offsets of one layer's parameters in P (from the layer's base) and of the parts of one
 # activation record (from the record's base), for both directions; unpacked in this order.
+LayerSizes = namedtuple("LayerSizes", "d di N R P Kc")
 LayerParams = namedtuple("LayerParams", "g win cw cb wxp wdt bdt alog D wout")
 ActRecord = namedtuple("ActRecord", "r rs n z xc u dbc dpre dl y gy")
+
+
+@numba.jit(**JIT)
+def layer_sizes(dims):
+    return LayerSizes(U(dims[X_D]), U(dims[X_DI]), U(dims[X_N]), U(dims[X_R]), U(dims[X_P]),
+                      U(dims[X_KC]))
 
 
 @numba.jit(**JIT)
@@ -52,12 +59,7 @@ def layer_fwd(P, lb, dims, An, ano, act, ro, xw, xo, hp, hpo, ho, hoo, dA, dao, 
     xw[xo:]       conv window, Kc rows of di: Kc-1 previous x; this x goes to the last row
     hp[hpo:] -> ho[hoo:]  scan state N x di (may be the same memory)
     dA[dao:]      receives exp(Δ·A) (N x di); tmp[tmo:] scratch of 2 di."""
-    d = U(dims[X_D])
-    di = U(dims[X_DI])
-    N = U(dims[X_N])
-    R = U(dims[X_R])
-    Pp = U(dims[X_P])
-    Kc = U(dims[X_KC])
+    d, di, N, R, Pp, Kc = layer_sizes(dims)
     di2 = U2 * di
     og, owin, ocw, ocb, owxp, owdt, obdt, _, oD, owout = layer_params(dims, lb)
     r, rs_at, nrm, z, xc, u, dbc, dpre, dl, y, gy = act_record(dims, ro)
