@@ -26,6 +26,7 @@ chiefly the returned probabilities (streams x V float64).
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -66,16 +67,9 @@ class MixedEnsemble:
         self._w_min, self._w_max = m["w_min"], m["w_max"]
         self.n_dense = m["dense"]
         self._skip = s["skip"]
-        # stand-ins for absent parts (never read: their flag is off)
-        self._none_u32 = np.zeros(1, dtype=np.uint32)
-        self._none_i32 = np.zeros(1, dtype=np.int32)
-        self._none_u16 = np.zeros(1, dtype=np.uint16)
-        self._none_i64 = np.zeros(1, dtype=np.int64)
-        self._none_u64 = np.zeros(1, dtype=np.uint64)
-        self._none_f64 = np.zeros(1, dtype=np.float64)
+        self._absent = _absent_parts(vocab_size)
         self._no_logits = np.zeros((1, vocab_size), dtype=np.float32)
         self._no_dense = np.zeros((1, 1, 1), dtype=np.float32)
-        self._zero_b = np.zeros(vocab_size, dtype=np.float64)
         self._add = np.zeros(vocab_size, dtype=np.float64)
         self._mark = np.zeros(vocab_size, dtype=np.uint8)
         self._ebuf = np.zeros(vocab_size, dtype=np.float64)
@@ -165,57 +159,17 @@ class MixedEnsemble:
 
     def _build_records(self) -> None:
         """The kernels' named state records (after every reset: they hold the arrays the
-        parts have just allocated). Absent parts get stand-ins of the same types."""
-        ng, m, bh, mx = self.ngram, self.match, self.bias, self.mixer
-        self._ng = NgramState(
-            on=ng is not None,
-            tab=ng.tab if ng else self._none_u32,
-            bases=ng.bases if ng else self._none_i64,
-            masks=ng.masks if ng else self._none_u64,
-            width=ng.width if ng else 1,
-            orders=ng.orders if ng else self._none_i64,
-            logtab=ng.logtab if ng else self._none_f64.reshape(1, 1))
-        self._mm = MatchState(
-            on=m is not None,
-            hist_tok=m.hist_tok if m else self._none_i32,
-            hist_prv=m.hist_prv if m else self._none_u16,
-            hist_nxt=m.hist_nxt if m else self._none_u16,
-            n_hist=m.n_hist if m else self._none_i64,
-            table=m.table if m else self._none_i64,
-            last_pos=m.last_pos if m else self._none_i64,
-            ptr=m.ptr if m else self._none_i64,
-            mlen=m.mlen if m else self._none_i32,
-            hits=m.hits if m else self._none_i64,
-            tries=m.tries if m else self._none_i64,
-            edges=m.edges if m else self._none_i64,
-            min_len=m.min_len if m else 1,
-            verify=m.verify if m else 1,
-            apm_t=m.apm_t if m else self._none_f64,
-            apm_n=m.apm_n if m else self._none_i64,
-            apm_points=m.apm_points if m else 1,
-            apm_range=m.apm_range if m else 1.0,
-            limit=m.limit if m else 1)
-        self._bh = BiasState(
-            on=bh is not None,
-            b=bh.b if bh else self._zero_b,
-            u0=bh.u0 if bh else self._zero_b,
-            u0max_arr=bh.u0max_arr if bh else self._none_f64,
-            counts=bh.counts if bh else self._none_f64,
-            lr=bh.lr if bh else 0.0,
-            lr_free=bh.lr_free if bh else 0.0,
-            alpha0=bh.alpha0 if bh else 1.0)
-        self._mx = MixerState(
-            ent_edges=mx.ent_edges, n_mb=mx.n_mb, n_llm_ctx=mx.n_llm_ctx, w_llm=mx.w_llm,
-            w_dense=mx.w_dense, u=mx.u, v=mx.v, lr=self._lr, lr_llm=self._lr_l,
-            w_min=self._w_min, w_max=self._w_max)
-        self._rs = RowState(
-            hashes=self._hashes, ring=self._ring, rcount=self._rcount, sp_tok=self._sp_tok,
-            sp_ord=self._sp_ord, sp_val=self._sp_val, sp_n=self._sp_n, conf=self._conf,
-            add=self._add, mark=self._mark, touch=self._touch, acc=self._acc,
-            ebuf=self._ebuf, gbuf=self._gbuf, ctx=self._ctx, wctx=self._wctx,
-            prev_ent=self._prev_ent, cur_ent=self._cur_ent, mtok=self._mtok, cell=self._cell,
-            cell_w=self._cell_w, mix_ph=self._mix_ph, mix_q=self._mix_q, mix_s=self._mix_s,
-            sums=self._sums, probs=self._probs)
+        parts have just allocated), each field taken from the attribute of its name."""
+        absent = self._absent
+        ng = self.ngram if self.ngram is not None else absent.ngram
+        m = self.match if self.match is not None else absent.match
+        bh = self.bias if self.bias is not None else absent.bias
+        self._ng = _record(NgramState, ng, on=self.ngram is not None)
+        self._mm = _record(MatchState, m, on=self.match is not None)
+        self._bh = _record(BiasState, bh, on=self.bias is not None)
+        self._mx = _record(MixerState, self.mixer, lr=self._lr, lr_llm=self._lr_l,
+                           w_min=self._w_min, w_max=self._w_max)
+        self._rs = RowState(**{f: getattr(self, "_" + f) for f in RowState._fields})
 
     # -- the engine's calls -------------------------------------------------------------
     def confident(self, n_active: int | None = None) -> np.ndarray:
@@ -330,6 +284,31 @@ class MixedEnsemble:
         if arr.shape != (D, A, self.vocab_size):
             raise ValueError(f"dense inputs must have shape ({D}, {A}, {self.vocab_size})")
         return arr
+
+
+def _record(cls, src, **given):
+    """A record of type ``cls``: the ``given`` fields, every other one from ``src``'s
+    attribute of the same name (by name, never by position)."""
+    return cls(**given, **{f: getattr(src, f) for f in cls._fields if f not in given})
+
+
+def _absent_parts(vocab_size: int) -> SimpleNamespace:
+    """Stand-ins for absent parts: the attributes the kernels' records take, of the same
+    types as a real part's (so the kernels compile once), never read (the flag is off).
+    The bias head's vectors are read as zeros: no bias, no unigram."""
+    i32, i64 = np.zeros(1, np.int32), np.zeros(1, np.int64)
+    u16, f64 = np.zeros(1, np.uint16), np.zeros(1, np.float64)
+    zero_b = np.zeros(vocab_size, np.float64)
+    return SimpleNamespace(
+        ngram=SimpleNamespace(tab=np.zeros(1, np.uint32), bases=i64,
+                              masks=np.zeros(1, np.uint64), width=1, orders=i64,
+                              logtab=f64.reshape(1, 1)),
+        match=SimpleNamespace(hist_tok=i32, hist_prv=u16, hist_nxt=u16, n_hist=i64, table=i64,
+                              last_pos=i64, ptr=i64, mlen=i32, hits=i64, tries=i64, edges=i64,
+                              min_len=1, verify=1, apm_t=f64, apm_n=i64, apm_points=1,
+                              apm_range=1.0, limit=1),
+        bias=SimpleNamespace(b=zero_b, u0=zero_b, u0max_arr=f64, counts=f64, lr=0.0,
+                             lr_free=0.0, alpha0=1.0))
 
 
 def make(spec: object, vocab_size: int) -> MixedEnsemble:
