@@ -13,11 +13,10 @@ import numpy as np
 from ..kernel_cache import refresh_kernel_cache
 from ..ssm_layout import (X_ASZ, X_B_DAN, X_B_DBC, X_B_DDEL, X_B_DH, X_B_DHT, X_B_DR,
                           X_B_DU, X_B_DX, X_B_DY, X_B_DZ, X_B_GT, X_B_T1, X_B_T2, X_B_T3,
-                          X_CAP, X_D, X_DI, X_KC, X_KT, X_L, X_LSZ, X_N, X_NCORE, X_O_GF,
-                          X_T, X_TSZ, X_V)
+                          X_CAP, X_D, X_KT, X_LSZ, X_NCORE, X_O_GF, X_T, X_TSZ, X_V)
 from .fmath import F32, JIT, ONE, U, U0, U1, U2, Z, dot8, fexp, flog, outer_acc, sigm, sum16
 from .forward import (act_record, final_norm, head_fwd, k_refresh, layer_fwd, layer_params,
-                      layer_sizes)
+                      layer_sizes, model_sizes)
 
 
 # Offsets in the backward workspace bw: per-step gradients of the chunk (dR .. dBC), the
@@ -187,18 +186,12 @@ def k_train(a, S, dims, inputs, tgt, Kt, conv0, ssm0, P, An, emb, Whf, pr, gP, g
     chunk's mean loss in nats."""
     a = U(a)
     S = U(S)
-    d = U(dims[X_D])
-    di = U(dims[X_DI])
-    nd = U(dims[X_N]) * di
-    Kc = U(dims[X_KC])
-    L = U(dims[X_L])
+    d, di, nd, Kc, L, asz, lsz = model_sizes(dims)
     T = U(dims[X_T])
     V = U(dims[X_V])
     cap = U(dims[X_CAP])
     KT = U(dims[X_KT])
-    asz = U(dims[X_ASZ])
     tsz = U(dims[X_TSZ])
-    lsz = U(dims[X_LSZ])
     xr = T + Kc - U1
     T1 = T + U1
     # start state

@@ -25,6 +25,9 @@ from .fmath import (F32, JIT, LOGIT_CLIP, U, U0, U1, U2, Z, fexp, flog, rms_norm
 # Offsets of one layer's parameters in P (from the layer's base) and of the parts of one
 # activation record (from the record's base), for both directions; unpacked in this order.
 LayerSizes = namedtuple("LayerSizes", "d di N R P Kc")
+# the sizes the per-step and per-chunk kernels use: model width, inner width, scan state
+# (N x di), conv width, layers, activation record and layer parameter block sizes
+ModelSizes = namedtuple("ModelSizes", "d di nd Kc L asz lsz")
 LayerParams = namedtuple("LayerParams", "g win cw cb wxp wdt bdt alog D wout")
 ActRecord = namedtuple("ActRecord", "r rs n z xc u dbc dpre dl y gy")
 
@@ -33,6 +36,13 @@ ActRecord = namedtuple("ActRecord", "r rs n z xc u dbc dpre dl y gy")
 def layer_sizes(dims):
     return LayerSizes(U(dims[X_D]), U(dims[X_DI]), U(dims[X_N]), U(dims[X_R]), U(dims[X_P]),
                       U(dims[X_KC]))
+
+
+@numba.jit(**JIT)
+def model_sizes(dims):
+    di = U(dims[X_DI])
+    return ModelSizes(U(dims[X_D]), di, U(dims[X_N]) * di, U(dims[X_KC]), U(dims[X_L]),
+                      U(dims[X_ASZ]), U(dims[X_LSZ]))
 
 
 @numba.jit(**JIT)
@@ -160,13 +170,7 @@ def k_step(A, S, pos, inputs, dims, P, An, emb, conv, ssm, hf, act, dAw, tmp):
     A = U(A)
     S = U(S)
     pos = U(pos)
-    d = U(dims[X_D])
-    di = U(dims[X_DI])
-    nd = U(dims[X_N]) * di
-    Kc = U(dims[X_KC])
-    L = U(dims[X_L])
-    asz = U(dims[X_ASZ])
-    lsz = U(dims[X_LSZ])
+    d, di, nd, Kc, L, asz, lsz = model_sizes(dims)
     for a in range(A):
         e = U(inputs[pos * S + a]) * d
         for i in range(d):
