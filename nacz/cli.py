@@ -178,7 +178,8 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
     if s.verbose:
         from . import native
         _err(f"nacz: SSM kernels {native.ssm_impl()}, llama-cpp-python {llama.version()} "
-             f"({llama.cpu_features() or 'no CPU features reported'})")
+             f"({llama.cpu_features() or 'no CPU features reported'}), weight buffers "
+             f"{llama.WEIGHT_BUFFERS}")
     status = _Status()
     names = list(files) or ["-"]
     if s.output and len(names) > 1:
