@@ -26,6 +26,7 @@ import hashlib, json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from nacz.backends import llama
+llama.bound_openmp_spinning()  # as the CLI does, before llama.cpp loads
 from nacz.codec import load_runtime
 from nacz.resources import default_model_path, derived_model, model_sha256
 from bench.inputs import english

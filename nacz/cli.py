@@ -362,6 +362,9 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 def entry(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps outcomes to exit codes, never a traceback for
     expected failures."""
+    from .backends.llama import bound_openmp_spinning
+
+    bound_openmp_spinning()  # before llama.cpp (and its OpenMP runtime) is loaded
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rc = main.main(args=argv, prog_name="nacz", standalone_mode=False)

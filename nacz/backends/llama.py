@@ -24,10 +24,18 @@ from ..errors import NaczError
 # =ACTIVE, or libgomp's default of 300,000 spins) is catastrophic when another process wants
 # a core: 700 bytes took 130 s with 2 threads instead of 4 s. Never spinning (PASSIVE) costs
 # up to 3x when the machine is idle. A bounded spin measured best overall on 2 cores
-# (idle: 108 tok/s at 1 stream, 279 at 16; one busy neighbour: 45 and 101). The user's own
-# settings win; libgomp reads them when llama.cpp is loaded, hence before the import.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "30000"
+# (idle: 108 tok/s at 1 stream, 279 at 16; one busy neighbour: 45 and 101).
+SPINCOUNT = "30000"
+
+
+def bound_openmp_spinning(env=os.environ) -> None:
+    """Set a bounded OpenMP spin in ``env`` unless the user chose a wait policy. libgomp
+    reads it once, when llama.cpp is loaded, so process entry points (the CLI, worker
+    processes) call this before anything imports llama_cpp; importing nacz changes no
+    environment."""
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = SPINCOUNT
+
 
 NAME = "llama.cpp"
 FLASH_ATTN_DISABLED = 0  # fixed, not "auto": the choice changes logits
