@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 from . import blockparams, codec, container
 from .blockfile import write_block
 from .container import Container
-from .errors import IntegrityError, MismatchError
+from .errors import IntegrityError, MismatchError, NaczError
 from .plan import Plan
 
 
@@ -195,7 +195,18 @@ def ordered(pool, method: str, items: Iterable, in_flight: int) -> Iterator:
     """Results of ``method`` over ``items``, in order; at most ``in_flight`` submitted and
     not yet consumed (``items`` is read lazily: memory stays bounded)."""
     pending: collections.deque[Future] = collections.deque()
-    for item in items:
+    it = iter(items)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            break
+        except NaczError:
+            # A damaged input block: the blocks before it are still delivered (and written:
+            # on a pipe, everything verified stays written, as with xz and zstd).
+            while pending:
+                yield pending.popleft().result()
+            raise
         pending.append(pool.submit(method, item))
         while len(pending) >= in_flight:
             yield pending.popleft().result()

@@ -41,6 +41,15 @@ def _blocks(raw: bytes):
         out.append(item)
 
 
+def _damage_block(raw: bytes, i: int) -> bytes:
+    """Flip a bit inside block i's payload (caught by its payload CRC)."""
+    _, index = stream.read_layout(io.BytesIO(raw), len(raw))
+    e = index.entries[i]
+    bad = bytearray(raw)
+    bad[e.offset + e.comp_size - 6] ^= 0x01
+    return bytes(bad)
+
+
 def test_round_trip_in_blocks(packed):
     header, blocks, index = _blocks(packed)
     assert header.block_size == 1024 and len(blocks) == -(-len(HYBRID) // 1024)
@@ -143,18 +152,17 @@ def test_a_damaged_block_is_named(packed):
 
 def test_cli_damaged_block_removes_the_output_file_and_keeps_verified_blocks_on_stdout(
         tmp_path, packed):
-    bad = bytearray(packed)
-    bad[len(bad) - 60] ^= 0x01  # inside the last block (its payload CRC)
+    n_blocks = -(-len(HYBRID) // 1024)
     src = tmp_path / "d.bin.nc"
-    src.write_bytes(bytes(bad))
+    src.write_bytes(_damage_block(packed, n_blocks - 1))
     r = run_nacz("decompress", src)
     assert_one_line_error(r)
     assert "block" in r.stderr.decode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin.nc"]
+    assert f"block {n_blocks - 1}:" in r.stderr.decode()
     r = run_nacz("decompress", "-c", src)
     assert_one_line_error(r)
-    n_full = (len(HYBRID) - 1) // 1024 * 1024
-    assert 0 < len(r.stdout) <= n_full and r.stdout == HYBRID[:len(r.stdout)]
+    assert r.stdout == HYBRID[:(n_blocks - 1) * 1024]  # the blocks verified before it
 
 
 def test_pipeline_streams_blocks(tmp_path):
@@ -176,9 +184,7 @@ def test_range_decodes_only_the_covering_blocks(tmp_path, packed):
     r = run_nacz("decompress", "-c", "--range", f"0:{len(HYBRID) + 1}", f)
     assert_one_line_error(r)
     # Damage a block outside the range: the range still decodes; inside: refused.
-    bad = bytearray(packed)
-    bad[len(bad) - 60] ^= 0x01
-    f.write_bytes(bytes(bad))
+    f.write_bytes(_damage_block(packed, -(-len(HYBRID) // 1024) - 1))
     assert run_nacz("decompress", "-c", "--range", "0:100", f).stdout == HYBRID[:100]
     r = run_nacz("decompress", "-c", "--range", f"{len(HYBRID) - 10}:", f)
     assert_one_line_error(r)
@@ -201,8 +207,11 @@ def test_block_size_option_and_its_errors(tmp_path):
     r = run_nacz("compress", "-1", "--block-size", "2K", "-c", src)
     assert r.returncode == 0
     assert blockfile.read_header(blockfile.Source(io.BytesIO(r.stdout))).block_size == 2048
-    for bad in ("12", "2X", "-4K", "2G"):
+    for bad in ("12", "2G"):  # out of range: one line
         assert_one_line_error(run_nacz("compress", "-1", "--block-size", bad, "-c", src))
+    for bad in ("2X", "-4K"):  # not a size: a usage error (exit 1)
+        r = run_nacz("compress", "-1", "--block-size", bad, "-c", src)
+        assert r.returncode == 1 and b"not a size" in r.stderr and b"Traceback" not in r.stderr
 
 
 def test_identical_bytes_for_any_job_count_llm_free():
