@@ -64,7 +64,11 @@ def parse_shared(shared: dict) -> hparams.NeuralParams:
     if not isinstance(shared, dict) or PROBE not in shared:
         raise FormatError("corrupt header (shared parameters)")
     probe_spec_of(shared)
-    return hparams.parse(merge(shared, {"streams": [1], "ensemble": {"kind": "llm"}}))
+    p = hparams.parse(merge(shared, {"streams": [1], "ensemble": {"kind": "llm"}}))
+    if p.backend_name != "none" and p.weight_buffers is None:
+        # Version 2 came after the weight buffers were recorded: none is no legacy file.
+        raise FormatError("corrupt header (weight buffers not recorded)")
+    return p
 
 
 def parse_block(shared: dict, block: dict) -> hparams.NeuralParams:

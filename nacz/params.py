@@ -41,6 +41,9 @@ class NeuralParams:
     # LLM-free segments: the number of token types that occur, or None (the whole
     # vocabulary). The types themselves open the neural payload (alphabet.py).
     alphabet: int | None = None
+    # Which buffer types llama.cpp held the weights in (backends/llama.py WEIGHT_BUFFERS);
+    # None in files written before nacz recorded it: llama.cpp's default ("extra") then.
+    weight_buffers: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -49,7 +52,9 @@ class NeuralParams:
                       **({"derived": self.model_derived} if self.model_derived else {})},
             "level": self.level,
             "backend": {"name": self.backend_name, "version": self.backend_version,
-                        "fingerprint": self.fingerprint, "cpu": self.cpu},
+                        "fingerprint": self.fingerprint, "cpu": self.cpu,
+                        **({"weight_buffers": self.weight_buffers}
+                           if self.weight_buffers else {})},
             "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token,
                           **({"alphabet": self.alphabet} if self.alphabet else {})},
             "streams": list(self.streams),
@@ -107,7 +112,9 @@ def parse(d: dict) -> NeuralParams:
         from .resources import DERIVED_FORMATS
         if derived["format"] not in DERIVED_FORMATS:
             raise FormatError(f"corrupt header (unknown model format {derived['format']!r})")
-    b = _obj(d["backend"], "backend", {"name", "version", "fingerprint", "cpu"})
+    b = d["backend"]
+    b = _obj(b, "backend", {"name", "version", "fingerprint", "cpu"} | (
+        {"weight_buffers"} if isinstance(b, dict) and "weight_buffers" in b else set()))
     t = d["tokenizer"]
     t = _obj(t, "tokenizer", {"vocab_size", "start_token"} | (
         {"alphabet"} if isinstance(t, dict) and "alphabet" in t else set()))
@@ -141,4 +148,6 @@ def parse(d: dict) -> NeuralParams:
         ensemble=d["ensemble"], coder=d["coder"],
         alphabet=(_int(t["alphabet"], "alphabet", MIN_TYPES, vocab) if "alphabet" in t
                   else None),
+        weight_buffers=(_str(b["weight_buffers"], "weight_buffers", 32)
+                        if "weight_buffers" in b else None),
     )

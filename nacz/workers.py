@@ -59,7 +59,8 @@ class Worker:
             model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
             model_derived=coding.derived, level=plan.level,
             backend_name=codec.NO_BACKEND if plan.llm_free else coding.backend.name,
-            backend_version=codec.llama.version(), fingerprint=fp,
+            backend_version=codec.llama.version(),
+            weight_buffers=None if plan.llm_free else rt.model.weight_buffers, fingerprint=fp,
             cpu=codec.llama.cpu_features(), vocab_size=rt.model.vocab_size,
             start_token=rt.model.start_token, streams=(1,), window=plan.window,
             slide=plan.slide, sinks=plan.sinks, ensemble=probe, coder=dict(codec.CODER_SPEC))
@@ -98,9 +99,9 @@ class Worker:
         if self._coding is None:
             job = self.job
             p = blockparams.parse_shared(job.shared)
-            coding = codec.build_decoder(p, codec.Options(model=job.model, threads=job.threads))
-            codec.verify_fingerprint(coding, p, blockparams.probe_spec_of(job.shared))
-            self._coding = coding
+            self._coding = codec.build_decoder(
+                p, codec.Options(model=job.model, threads=job.threads),
+                blockparams.probe_spec_of(job.shared))
         return self._coding
 
     def decode(self, c: Container) -> bytes:
