@@ -156,6 +156,9 @@ def describe_blocks(name: str, data: bytes, verbose: bool = False) -> str:
                          f"{p.model_derived['from'][:16]}")
         lines.append(f"  backend         {p.backend_name} (llama-cpp-python {p.backend_version}),"
                      f" fingerprint {p.fingerprint[:16]}")
+        if p.backend_name != "none":
+            lines.append(f"                  weight buffers {p.weight_buffers}, SIMD level "
+                         f"{llama.simd_level(p.cpu)}")
         neural_bytes = sum(len(c.neural_payload) for _, c in blocks)
         lines.append(f"  streams         up to {streams} per block ({tokens} tokens, "
                      f"{8 * neural_bytes / max(1, tokens):.3f} bits per token)")

@@ -66,6 +66,7 @@ class RayPool:
         self.ray = ray
         n = parallel.jobs if parallel.jobs > 1 else int(ray.cluster_resources().get("CPU", 1))
         self.size = max(1, n)
+        self.in_flight = 2 * self.size
         actor = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=MAX_RETRIES,
                            max_task_retries=MAX_RETRIES)(_BlockActor)
         self.actors = [actor.remote(job_for_threads(ACTOR_CPUS)) for _ in range(self.size)]

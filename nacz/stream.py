@@ -102,7 +102,7 @@ def compress_stream(fin: BinaryIO, fout: BinaryIO, options: codec.Options | None
                 seen.append(data)
                 yield shared, data
 
-        coded = ordered(pool, "encode", items(), 2 * pool.size)
+        coded = ordered(pool, "encode", items())
         result = _write_file(fout, plan.block_size, shared, seen, coded, progress)
         ok = True
         return result
@@ -181,7 +181,7 @@ def decompress_stream(fin: BinaryIO, fout: BinaryIO, options: codec.Options | No
     try:
         total = 0
         whole = hashlib.blake2b(digest_size=CHECKSUM_SIZE)
-        results = ordered(pool, "decode", blocks(), 2 * pool.size)
+        results = ordered(pool, "decode", blocks())
         i = 0
         while True:
             try:
@@ -283,7 +283,7 @@ def decompress_range(f: BinaryIO, file_size: int, start: int, end: int | None,
 
     ok, written = False, 0
     try:
-        results = ordered(pool, "decode", blocks(), 2 * pool.size)
+        results = ordered(pool, "decode", blocks())
         for i in range(first, last + 1):
             try:
                 out = next(results)

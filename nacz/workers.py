@@ -123,10 +123,8 @@ def _done(fn, *args) -> Future:
     f: Future = Future()
     try:
         f.set_result(fn(*args))
-    except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        f.set_exception(e)
+    except Exception as e:  # noqa: BLE001 - handed to the caller through the future
+        f.set_exception(e)  # (Ctrl-C, SIGTERM and exits propagate at once)
     return f
 
 
@@ -134,6 +132,7 @@ class InlinePool:
     """The worker in this process: one block at a time (the default, -j 1)."""
 
     size = 1
+    in_flight = 1  # each block is coded when submitted: hand it on before the next
 
     def __init__(self, job):
         self.worker = Worker(job)
@@ -168,6 +167,7 @@ class ProcessPool:
 
     def __init__(self, job, jobs: int):
         self.size = jobs
+        self.in_flight = 2 * jobs  # every worker busy, the next block ready for each
         self.executor = ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_process, initargs=(job,))
@@ -192,9 +192,10 @@ def threads_per_worker(threads: int, workers: int) -> int:
     return max(1, (threads or codec.default_threads()) // max(1, workers))
 
 
-def ordered(pool, method: str, items: Iterable, in_flight: int) -> Iterator:
+def ordered(pool, method: str, items: Iterable, in_flight: int | None = None) -> Iterator:
     """Results of ``method`` over ``items``, in order; at most ``in_flight`` submitted and
     not yet consumed (``items`` is read lazily: memory stays bounded)."""
+    in_flight = in_flight or pool.in_flight
     pending: collections.deque[Future] = collections.deque()
     it = iter(items)
     while True:
