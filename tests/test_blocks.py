@@ -222,6 +222,7 @@ def test_identical_bytes_for_any_job_count_llm_free():
     assert stream.decompress_bytes(two, parallel=stream.Parallel(jobs=2)) == data
 
 
+@pytest.mark.timeout(1800)  # the LLM at ~100 tokens/s, three times over
 def test_identical_bytes_for_any_job_count_with_the_llm():
     data = os_text("GPL-2", 1800)  # two 1 KiB blocks, a few hundred tokens each
     one = stream.compress_bytes(data, codec.Options(level=2, block_size=1024, threads=2))

@@ -36,6 +36,7 @@ def test_ray_bytes_equal_the_local_path(local_ray):
     assert stream.decompress_bytes(local, parallel=stream.Parallel(jobs=2, ray=True)) == DATA
 
 
+@pytest.mark.timeout(1800)  # the LLM at ~100 tokens/s, three times over
 def test_ray_with_the_llm(local_ray):
     data = os_text("GPL-2", 2200)
     opts = codec.Options(level=2, block_size=1024)
