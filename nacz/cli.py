@@ -7,6 +7,7 @@ nacz continues past a failing one and exits with the most severe code (1 beats 2
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -42,6 +43,11 @@ class Settings:
     streams: int | None = None
     window: int | None = None
     level: int | None = None
+    jobs: int = 1
+    ray: bool = False
+    ray_address: str | None = None
+    block_size: int | None = None
+    range: tuple[int, int | None] | None = None
 
 
 def _err(msg: str) -> None:
@@ -101,7 +107,41 @@ def _options(s: Settings, progress=None):
         kw["window"] = s.window
     if s.level is not None:
         kw["level"] = s.level
+    if s.block_size is not None:
+        kw["block_size"] = s.block_size
     return Options(**kw)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024): 65536, 64K, 4M."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in ("K", "M", "G") else ""
+    number = t[:len(t) - len(unit)]
+    if not number.isdigit():
+        raise click.BadParameter(f"{text!r} is not a size (bytes, or with K/M/G)")
+    return int(number) * _UNITS[unit]
+
+
+def _size_option(ctx, param, value):
+    return None if value is None else parse_size(value)
+
+
+def _range_option(ctx, param, value):
+    if value is None:
+        return None
+    start, sep, end = value.partition(":")
+    try:
+        lo = parse_size(start) if start else 0
+        hi = parse_size(end) if end else None
+    except click.BadParameter:
+        lo = hi = -1
+    if not sep or lo < 0 or (hi is not None and hi < lo):
+        raise click.BadParameter(f"{value!r}: expected START:END (bytes, END > START; K/M "
+                                 "suffixes allowed; an empty END means the end)")
+    return lo, hi
 
 
 def _read_input(name: str) -> bytes:
@@ -109,25 +149,6 @@ def _read_input(name: str) -> bytes:
         return sys.stdin.buffer.read()
     with open(name, "rb") as f:
         return f.read()
-
-
-def _write_output(data: bytes, dest: str | None, src: str, s: Settings) -> None:
-    """``dest`` None means standard output; a file is written atomically."""
-    from .fileio import atomic_write, copy_metadata
-
-    if dest is None:
-        out, view = sys.stdout.buffer, memoryview(data)
-        while view:  # an unbuffered stdout may take only part of a write
-            n = out.write(view)
-            if not n:
-                raise OSError("could not write to standard output")
-            view = view[n:]
-        out.flush()
-        return
-    with atomic_write(Path(dest), overwrite=s.force) as f:
-        f.write(data)
-    if src != "-":
-        copy_metadata(Path(src), Path(dest))
 
 
 def _input_ok(name: str, status: _Status) -> bool:
@@ -206,15 +227,10 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
         started = time.monotonic()
         progress = None
         try:
-            data = _read_input(name)
-            progress = _Progress(label, len(data), not s.quiet)
-            if mode == "compress":
-                result = codec.compress(data, _options(s, progress))
-            else:
-                result = codec.decompress(data, _options(s, progress))
+            total = 0 if name == "-" else os.path.getsize(name)
+            progress = _Progress(label, total, not s.quiet and total > 0)
+            n_in, n_out = _run_one(name, dest, s, mode, progress)
             progress.clear()
-            if mode != "test":
-                _write_output(result, dest, name, s)
         except NaczError as e:
             if progress:
                 progress.clear()
@@ -241,15 +257,91 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
                 status.error(name, f"output complete, but the input was not removed: "
                                    f"{e.strerror or e}")
         if s.verbose:
-            _summary(label, mode, data, result, time.monotonic() - started)
+            _summary(label, mode, n_in, n_out, time.monotonic() - started)
     return status.code
 
 
-def _summary(label: str, mode: str, data: bytes, result: bytes, seconds: float) -> None:
-    orig, comp = (data, result) if mode == "compress" else (result, data)
-    bpb = 8 * len(comp) / len(orig) if orig else 0.0
-    rate = len(orig) / 1024 / seconds if seconds > 0 else 0.0
-    verdict = "OK" if mode == "test" else f"{len(data)} -> {len(result)} bytes"
+class _Discard:
+    """The output of ``nacz test``."""
+
+    def write(self, data) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _open_input(name: str):
+    return open(name, "rb") if name != "-" else contextlib.nullcontext(sys.stdin.buffer)
+
+
+@contextlib.contextmanager
+def _open_output(dest: str | None, src: str, s: Settings, mode: str):
+    """``dest`` None means standard output (nothing, when testing); a file is written
+    under a temporary name and renamed when complete (removed on any failure)."""
+    from .fileio import atomic_write, copy_metadata
+
+    if mode == "test":
+        yield _Discard()
+    elif dest is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+    else:
+        with atomic_write(Path(dest), overwrite=s.force) as f:
+            yield f
+        if src != "-":
+            copy_metadata(Path(src), Path(dest))
+
+
+def _run_one(name: str, dest, s: Settings, mode: str, progress) -> tuple[int, int]:
+    """Code one input; returns (bytes read, bytes written)."""
+    from . import codec, stream
+
+    def bytes_done(n: int) -> None:
+        if progress.total:
+            progress(min(1.0, n / progress.total))
+
+    parallel = stream.Parallel(s.jobs, s.ray, s.ray_address)
+    with _open_input(name) as fin:
+        if mode == "compress":
+            with _open_output(dest, name, s, mode) as fout:
+                return stream.compress_stream(fin, fout, _options(s), parallel, bytes_done)
+        if s.range is not None:
+            return _decompress_range(name, fin, dest, s, mode, parallel)
+        prefix = stream._read_block(fin, 5)
+        if stream.is_blocks_file(prefix):
+            with _open_output(dest, name, s, mode) as fout:
+                n_in, n_out = stream.decompress_stream(fin, fout, _options(s), parallel,
+                                                       bytes_done, prefix)
+            return n_in, n_out
+        # Format version 1: one container, decoded whole.
+        data = prefix + fin.read()
+        result = codec.decompress(data, _options(s, progress))
+        with _open_output(dest, name, s, mode) as fout:
+            stream._write(fout, result)
+        return len(data), len(result)
+
+
+def _decompress_range(name, fin, dest, s: Settings, mode: str, parallel) -> tuple[int, int]:
+    from . import stream
+
+    if name == "-" or not fin.seekable():
+        raise NaczError("--range needs a file (the index is read from its end)")
+    size = os.fstat(fin.fileno()).st_size
+    if not stream.is_blocks_file(stream._read_block(fin, 5)):
+        raise NaczError("--range needs a file of format version 2 (with an index)")
+    start, end = s.range
+    with _open_output(dest, name, s, mode) as fout:
+        n = stream.decompress_range(fin, size, start, end,
+                                    fout, _options(s), parallel)
+    return size, n
+
+
+def _summary(label: str, mode: str, n_in: int, n_out: int, seconds: float) -> None:
+    orig, comp = (n_in, n_out) if mode == "compress" else (n_out, n_in)
+    bpb = 8 * comp / orig if orig else 0.0
+    rate = orig / 1024 / seconds if seconds > 0 else 0.0
+    verdict = "OK" if mode == "test" else f"{n_in} -> {n_out} bytes"
     _err(f"{label}: {verdict} ({bpb:.3f} bits/byte, {seconds:.1f} s, {rate:.2f} KiB/s)")
 
 
@@ -270,6 +362,13 @@ def _common(f):
                      help="Summaries; -vv adds llama.cpp's warnings, -vvv its whole log."),
         click.option("-T", "--threads", type=click.IntRange(min=0), default=0,
                      show_default=True, help="CPU threads for the LLM (0 = all cores)."),
+        click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="Worker processes, each coding whole blocks (0 = one per core); "
+                          "never changes the output."),
+        click.option("--ray", is_flag=True,
+                     help="Code the blocks on a Ray cluster (pip install 'nacz[ray]')."),
+        click.option("--ray-address", metavar="ADDRESS",
+                     help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)."),
         click.option("--model", metavar="PATH",
                      help="GGUF model (default: $NACZ_MODEL, else SmolLM2-135M); 'none': "
                           "no LLM (the settings of -1)."),
@@ -304,6 +403,8 @@ def _levels(f):
 @_levels
 @click.option("--streams", type=click.IntRange(1, 256), help="Expert: parallel token streams.")
 @click.option("--window", type=click.IntRange(64, 32768), help="Expert: LLM context window.")
+@click.option("--block-size", metavar="SIZE", callback=_size_option,
+              help="Bytes per independent block (K/M suffixes; default: the level's).")
 def compress(files, **kw):
     """Compress FILES to FILE.nc. Levels -1 (fastest) ... -9 (best ratio); default -6."""
     return _process(files, _settings(kw), "compress")
@@ -311,6 +412,9 @@ def compress(files, **kw):
 
 @main.command()
 @_common
+@click.option("--range", "range", metavar="START:END", callback=_range_option,
+              help="Write only bytes START..END-1 of the original, decoding only the blocks "
+                   "that cover them.")
 def decompress(files, **kw):
     """Decompress FILE.nc to FILE."""
     return _process(files, _settings(kw), "decompress")
@@ -325,7 +429,7 @@ def test_cmd(files, **kw):
 
 @main.command()
 @click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
-@click.option("-v", "--verbose", is_flag=True, help="List every segment.")
+@click.option("-v", "--verbose", is_flag=True, help="List every block and segment.")
 @click.option("--backends", is_flag=True,
               help="Show the llama.cpp build, CPU features and SSM kernels (C or numba).")
 def info(files, verbose, backends):

@@ -1,8 +1,9 @@
 """Library API: ``compress(bytes) -> bytes`` and ``decompress(bytes) -> bytes``.
 
-Policy (which regions go neural, how many streams, fallbacks) lives here; byte layout in
-``container``, the step loop in ``engine``, the LLM in ``backends``. The CLI is a thin
-layer over these functions.
+The settings come from a pure plan (``plan``); here are their mechanics: one builder of
+backend + ensemble (``build_encoder``/``build_decoder``) and two mirror functions,
+``encode_block`` and ``decode_block``, over the one step loop (``engine.run``). Byte
+layout lives in ``container``, the LLM in ``backends``, blocks and workers in ``stream``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .frozen import CODER_SPEC
-from .models.ensemble import default_spec, make_ensemble, probe_kind, probe_spec
-from .presets import FASTEST_LLM_LEVEL, LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, preset
+from .models.ensemble import make_ensemble, probe_kind, probe_spec
+from .plan import LLM_FREE, MAX_BLOCK_SIZE, Plan, is_llm_free, make_plan
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
 from .tokenizer import Tokenizer
@@ -41,6 +42,7 @@ class Options:
     window: int | None = None
     slide: int | None = None  # default: half the window
     sinks: int | None = None
+    block_size: int | None = None  # format version 2; None: the level's default
     progress: Progress | None = None
 
 
@@ -59,7 +61,6 @@ class Runtime:
                  weight_buffers: str = llama.WEIGHT_BUFFERS):
         self.path = path
         self.vocab_only = vocab_only
-        self.derived = None
         self.sha256 = model_sha256(path)
         self.size = path.stat().st_size
         self.model = llama.LlamaModel(path, vocab_only=vocab_only,
@@ -118,31 +119,84 @@ def load_runtime_path(path: Path, vocab_only: bool = False,
     return _runtimes[key + (vocab_only, wb)]
 
 
-LLM_FREE = "none"  # --model none: no LLM; the default model's tokenizer only
-
-
-def is_llm_free(model) -> bool:
-    return isinstance(model, str) and model == LLM_FREE
-
-
-def load_runtime(model: str | os.PathLike | None = None, fmt: str = "original"):
+def resolve_runtime(model: str | os.PathLike | None = None,
+                    fmt: str = "original") -> tuple[Runtime, dict | None]:
     """The runtime for ``--model``/``$NACZ_MODEL``/default, re-quantised to ``fmt`` when
-    that is the default model (an explicit model is always used as given). Returns the
-    runtime; ``runtime.derived`` describes a derivation (for the header) or is None."""
+    that is the default model (an explicit model is always used as given), and the
+    derivation the header records (None: the model as given). The cached runtime is never
+    modified: the derivation travels next to it."""
     base = resolve_model_path(None if is_llm_free(model) else model)
     if is_llm_free(model):
-        rt = load_runtime_path(base, vocab_only=True)
-        rt.derived = None
-        return rt
+        return load_runtime_path(base, vocab_only=True), None
     explicit = bool(model or os.environ.get(MODEL_ENV))
     if fmt == "original" or explicit:
-        rt = load_runtime_path(base)
-        rt.derived = None
-        return rt
+        return load_runtime_path(base), None
     base_sha = model_sha256(base)
-    rt = load_runtime_path(derived_model(base, fmt, base_sha))
-    rt.derived = {"from": base_sha, "format": fmt}
-    return rt
+    return (load_runtime_path(derived_model(base, fmt, base_sha)),
+            {"from": base_sha, "format": fmt})
+
+
+def load_runtime(model: str | os.PathLike | None = None, fmt: str = "original") -> Runtime:
+    return resolve_runtime(model, fmt)[0]
+
+
+# -- the builder: backend + ensemble from the settings ---------------------------------
+@dataclass
+class Coding:
+    """What one process (or worker) needs to code blocks: the model, its derivation (for
+    the header), and one backend reused by every block (each block resets it)."""
+
+    rt: Runtime
+    derived: dict | None
+    backend: object | None  # None: no LLM
+    llm_free: bool
+
+    def fingerprint(self, ensemble_spec: dict) -> str:
+        return self.rt.fingerprint(self.backend, ensemble_spec)
+
+
+def build_encoder(plan: Plan, threads: int = 0) -> Coding:
+    """The model and backend a plan needs (the model loaded once per process)."""
+    rt, derived = resolve_runtime(plan.model, plan.model_format)
+    backend = (None if plan.llm_free else
+               rt.backend(plan.window, plan.slide, plan.sinks, threads or default_threads()))
+    return Coding(rt, derived, backend, plan.llm_free)
+
+
+def build_decoder(p: hparams.NeuralParams, opts: Options, probe: dict) -> Coding:
+    """The model and backend that reproduce the file's fingerprint (computed with the
+    ensemble spec ``probe``), checked before any decoding; else a MismatchError saying
+    what differs (model hash, tokenizer, coder, weight buffers, build).
+
+    A file that records its weight buffers gets exactly those. One written before nacz
+    recorded them used llama.cpp's default ("extra"): plain buffers are tried first (on
+    CPUs without AMX or repacked weights they compute the same logits, and they never
+    crash), then "extra" where that cannot crash (llama.allows)."""
+    if p.backend_name == NO_BACKEND:
+        rt, derived = _runtime_for(p, opts)
+        check_compatible(p, rt)
+        coding = Coding(rt, derived, None, True)
+        fp = coding.fingerprint(probe)
+        if fp != p.fingerprint:
+            raise MismatchError(_fingerprint_message(p, fp))
+        return coding
+    legacy = p.weight_buffers is None
+    choices = (llama.WEIGHT_BUFFERS, llama.LEGACY_WEIGHT_BUFFERS) if legacy else (
+        p.weight_buffers,)
+    fp, refused = None, None
+    for wb in choices:
+        refused = llama.allows(wb, len(p.streams))
+        if refused:
+            continue
+        rt, derived = _runtime_for(p, opts, wb)
+        check_compatible(p, rt)
+        backend = rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads())
+        fp = rt.fingerprint(backend, probe, legacy=legacy)
+        if fp == p.fingerprint:
+            return Coding(rt, derived, backend, False)
+    if fp is None:  # no choice could even be tried
+        raise MismatchError(f"cannot decode this file here: {refused}")
+    raise MismatchError(_fingerprint_message(p, fp, refused))
 
 
 # -- containers without a neural part ------------------------------------------------
@@ -154,22 +208,22 @@ def _binary_only(data: bytes) -> Container:
     return Container(len(data), container.checksum(data), [seg], method, payload)
 
 
-# -- compression ------------------------------------------------------------------------
-def compress(data: bytes, options: Options | None = None) -> bytes:
-    opts = options or Options()
-    fallback = container.write(_binary_only(data))
+def has_text(data: bytes) -> bool:
+    return any(r.is_text for r in split_regions(data))
+
+
+# -- block encode -----------------------------------------------------------------------
+def encode_block(coding: Coding, plan: Plan, data: bytes,
+                 serialize: Callable[[Container], bytes],
+                 fingerprint: str | None = None, progress: Progress | None = None) -> bytes:
+    """Code one block of the original; return ``serialize`` of its container, neural or
+    binary-only, whichever is smaller. ``fingerprint``: the file's (format version 2), else
+    the one of this block's ensemble (version 1)."""
+    fallback = serialize(_binary_only(data))
     regions = split_regions(data)
     if not any(r.is_text for r in regions):
-        _report(opts, 1.0)
         return fallback
-
-    pre = preset(opts.level)
-    llm_free = is_llm_free(opts.model) or (pre.model_format == LLM_FREE and not opts.model)
-    if llm_free and pre.model_format != LLM_FREE:
-        pre = preset(LLM_FREE_LEVEL)  # --model none: the LLM-free level's settings
-    elif not llm_free and pre.model_format == LLM_FREE:
-        pre = preset(FASTEST_LLM_LEVEL)  # -1 --model X: an LLM needs many streams
-    rt = load_runtime(LLM_FREE if llm_free else opts.model, pre.model_format)
+    rt = coding.rt
     token_lists: dict[int, np.ndarray] = {}
     checked: list[Region] = []
     for r in regions:
@@ -190,36 +244,23 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         b"".join(data[r.start:r.end] for r in regions if not r.is_text))
 
     tokens = np.concatenate([token_lists[r.start] for r in regions if r.is_text])
-    n_streams = opts.streams if opts.streams else pre.streams_for(len(tokens))
-    lengths = engine.split_streams(len(tokens), min(n_streams, hparams.MAX_STREAMS))
-    window = opts.window or pre.window
-    slide = opts.slide or (window // 2 if opts.window else pre.slide)
-    sinks = opts.sinks or SINKS
-    if len(lengths) * window > hparams.MAX_KV_CELLS or window > hparams.MAX_WINDOW:
-        raise NaczError(f"{len(lengths)} streams x window {window} exceed the KV cache "
-                        f"limit of {hparams.MAX_KV_CELLS} cells; use fewer streams or a "
-                        "smaller window")
-    threads = opts.threads or default_threads()
-    backend = None if llm_free else rt.backend(window, slide, sinks, threads)
-    with_ssm = None  # the default: SSM only without an LLM
-    if pre.ensemble == "full+ssm" and len(tokens) >= SSM_MIN_TOKENS:
-        with_ssm = True
-    spec = (default_spec(len(tokens), uses_llm=not llm_free, with_ssm=with_ssm)
-            if pre.ensemble in ("full", "full+ssm") else {"kind": "llm"})
+    lengths = plan.stream_lengths(len(tokens))
+    spec = plan.ensemble(len(tokens))
     # Without an LLM, tokens are coded among the types that occur (alphabet.py).
-    types = alphabet.types_of(tokens, rt.model.vocab_size) if llm_free else None
+    types = alphabet.types_of(tokens, rt.model.vocab_size) if plan.llm_free else None
     if types is not None:
         tokens = alphabet.to_indices(tokens, types)
     ensemble = make_ensemble(spec, rt.model.vocab_size if types is None else len(types))
+    backend = coding.backend
     np_ = hparams.NeuralParams(
         model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
-        model_derived=rt.derived, level=pre.level,
-        backend_name=NO_BACKEND if llm_free else backend.name,
+        model_derived=coding.derived, level=plan.level,
+        backend_name=NO_BACKEND if plan.llm_free else backend.name,
         backend_version=llama.version(),
-        weight_buffers=None if llm_free else rt.model.weight_buffers,
-        fingerprint=rt.fingerprint(backend, spec), cpu=llama.cpu_features(),
+        weight_buffers=None if plan.llm_free else rt.model.weight_buffers,
+        fingerprint=fingerprint or coding.fingerprint(spec), cpu=llama.cpu_features(),
         vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
-        streams=tuple(lengths), window=window, slide=slide, sinks=sinks,
+        streams=tuple(lengths), window=plan.window, slide=plan.slide, sinks=plan.sinks,
         ensemble=spec, coder=dict(CODER_SPEC),
         alphabet=None if types is None else len(types))
 
@@ -229,6 +270,7 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
     for s, n in enumerate(lengths):
         matrix[s, :n] = tokens[offset:offset + n]
         offset += n
+    del tokens, token_lists
     encoder = Encoder()
     if types is not None:
         bits = alphabet.bitmap(types, rt.model.vocab_size)
@@ -239,11 +281,29 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         return encoder(matrix[:probs.shape[0], t], probs)
 
     engine.run(backend, ensemble, lengths, rt.model.start_token, code,
-               _token_progress(opts, len(tokens)))
+               _token_progress(progress, sum(lengths)))
     neural = Container(len(data), container.checksum(data), segments, method, binary_payload,
                        np_.to_dict(), encoder.finish())
-    out = container.write(neural)
+    out = serialize(neural)
     return out if len(out) < len(fallback) else fallback
+
+
+# -- compression (format version 1: the whole input as one block) -----------------------
+def plan_for(opts: Options, block_size: int | None = None) -> Plan:
+    return make_plan(opts.model, opts.level, opts.streams, opts.window, opts.slide,
+                     opts.sinks, block_size if block_size is not None else opts.block_size)
+
+
+def compress(data: bytes, options: Options | None = None) -> bytes:
+    """One container of format version 1 (the library's one-shot form; the command line
+    writes format version 2, see ``stream``)."""
+    opts = options or Options()
+    if not has_text(data):
+        _report(opts, 1.0)
+        return container.write(_binary_only(data))
+    plan = plan_for(opts, block_size=MAX_BLOCK_SIZE)
+    coding = build_encoder(plan, opts.threads)
+    return encode_block(coding, plan, data, container.write, progress=opts.progress)
 
 
 def _report(opts: Options, fraction: float) -> None:
@@ -251,24 +311,67 @@ def _report(opts: Options, fraction: float) -> None:
         opts.progress(fraction)
 
 
-def _token_progress(opts: Options, total: int):
-    if opts.progress is None or total == 0:
+def _token_progress(progress: Progress | None, total: int):
+    if progress is None or total == 0:
         return None
-    return lambda done: opts.progress(done / total)
+    return lambda done: progress(done / total)
 
 
-# -- decompression ----------------------------------------------------------------------
+# -- block decode -----------------------------------------------------------------------
 def inspect(data: bytes) -> Container:
     """Parse and validate a container without decoding it."""
     return container.read(data)
 
 
 def decompress(data: bytes, options: Options | None = None) -> bytes:
+    """Decode a container of format version 1 (version 2: ``stream.decompress_bytes``)."""
     opts = options or Options()
+    if data[:5] == container.MAGIC + bytes([2]):
+        from .stream import decompress_bytes
+        return decompress_bytes(data, opts)
     c = container.read(data)
+    coding = p = ensemble = None
+    if c.params is not None:
+        p = hparams.parse(c.params)
+        check_block(p, c)
+        ensemble = make_ensemble(p.ensemble, p.coded_vocab)
+        if (p.backend_name == NO_BACKEND) == ensemble.uses_llm:
+            raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
+        coding = build_decoder(p, opts, p.ensemble)
+    out = decode_block(coding, p, c, opts.progress, ensemble)
+    if len(out) != c.orig_len or container.checksum(out) != c.checksum:
+        raise IntegrityError("decompressed data does not match the stored checksum")
+    return out
+
+
+def check_block(p: hparams.NeuralParams, c: Container) -> None:
+    """Structural checks of a block's neural settings against its container: before any
+    model is loaded or any token decoded."""
+    neural_segs = [s for s in c.segments if s.kind == KIND_NEURAL]
+    if sum(s.tokens for s in neural_segs) != p.n_tokens:
+        raise FormatError("corrupt header (stream lengths do not match the segment table)")
+    budget = 8 * len(c.neural_payload) + 64  # bits, with slack for the coder's tail
+    if p.n_tokens * min_bits_per_symbol(p.coded_vocab) > budget:
+        raise FormatError("corrupt header (more tokens than the payload can hold)")
+    if p.alphabet is not None and p.backend_name != NO_BACKEND:
+        raise FormatError("corrupt header (a token alphabet needs the LLM-free mode)")
+
+
+def check_ensemble(coding: Coding, p: hparams.NeuralParams):
+    """The block's ensemble, built from its spec (an unknown one is a format error)."""
+    ensemble = make_ensemble(p.ensemble, p.coded_vocab)
+    if coding.llm_free == ensemble.uses_llm:
+        raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
+    return ensemble
+
+
+def decode_block(coding: Coding | None, p: hparams.NeuralParams | None, c: Container,
+                 progress: Progress | None = None, ensemble=None) -> bytes:
+    """The mirror of ``encode_block``: a block's container -> its original bytes, each
+    segment checked against its digest (the caller checks the block's checksum)."""
     neural_out: list[bytes] = []
     if c.params is not None:
-        neural_out = _decode_neural(c, hparams.parse(c.params), opts)
+        neural_out = _decode_neural(coding, p, c, progress, ensemble)
     binary_data = binary.unpack(c.binary_method, c.binary_payload, c.binary_len)
     parts, offset, neural = [], 0, iter(neural_out)
     for i, seg in enumerate(c.segments):
@@ -281,24 +384,20 @@ def decompress(data: bytes, options: Options | None = None) -> bytes:
             raise IntegrityError(f"segment {i} ({seg.kind_name}, {seg.orig_len} bytes) "
                                  "does not match its checksum")
         parts.append(part)
-    out = b"".join(parts)
-    if len(out) != c.orig_len or container.checksum(out) != c.checksum:
-        raise IntegrityError("decompressed data does not match the stored checksum")
-    return out
+    return b"".join(parts)
 
 
 def _runtime_for(p: hparams.NeuralParams, opts: Options,
-                 weight_buffers: str = llama.WEIGHT_BUFFERS) -> Runtime:
+                 weight_buffers: str = llama.WEIGHT_BUFFERS) -> tuple[Runtime, dict | None]:
     """The model a file needs: the one given (or default), re-derived if the file was
     made with a derived format of it, its weights in ``weight_buffers``."""
     if p.backend_name == NO_BACKEND:  # the tokenizer only
         rt = load_runtime_path(resolve_model_path(None if is_llm_free(opts.model)
                                                   else opts.model), vocab_only=True)
-        return rt
+        return rt, None
     if p.model_derived is None:
-        rt = load_runtime_path(resolve_model_path(opts.model), weight_buffers=weight_buffers)
-        rt.derived = None
-        return rt
+        return load_runtime_path(resolve_model_path(opts.model),
+                                 weight_buffers=weight_buffers), None
     base = resolve_model_path(opts.model)
     base_sha = model_sha256(base)
     if base_sha != p.model_derived["from"]:
@@ -308,14 +407,13 @@ def _runtime_for(p: hparams.NeuralParams, opts: Options,
             "in use; pass the original model with --model or NACZ_MODEL")
     rt = load_runtime_path(derived_model(base, p.model_derived["format"], base_sha),
                            weight_buffers=weight_buffers)
-    rt.derived = p.model_derived
     if rt.sha256 != p.model_sha256:
         raise MismatchError(
             f"the {p.model_derived['format']} model derived here from {base.name} differs "
             f"from the one the file was made with (sha256 {rt.sha256[:12]}… vs "
             f"{p.model_sha256[:12]}…): llama.cpp's quantizer changed; use the same "
             "llama-cpp-python version as the compressing side")
-    return rt
+    return rt, dict(p.model_derived)
 
 
 def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
@@ -333,19 +431,10 @@ def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
         raise FormatError(f"unsupported coder parameters {p.coder!r:.80}")
 
 
-def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list[bytes]:
-    neural_segs = [s for s in c.segments if s.kind == KIND_NEURAL]
-    if sum(s.tokens for s in neural_segs) != p.n_tokens:
-        raise FormatError("corrupt header (stream lengths do not match the segment table)")
-    budget = 8 * len(c.neural_payload) + 64  # bits, with slack for the coder's tail
-    if p.n_tokens * min_bits_per_symbol(p.coded_vocab) > budget:
-        raise FormatError("corrupt header (more tokens than the payload can hold)")
-    if p.alphabet is not None and p.backend_name != NO_BACKEND:
-        raise FormatError("corrupt header (a token alphabet needs the LLM-free mode)")
-    ensemble = make_ensemble(p.ensemble, p.coded_vocab)
-    if (p.backend_name == NO_BACKEND) == ensemble.uses_llm:
-        raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
-    rt, backend = _checked_backend(p, opts)
+def _decode_neural(coding: Coding, p: hparams.NeuralParams, c: Container,
+                   progress: Progress | None, ensemble=None) -> list[bytes]:
+    if ensemble is None:
+        ensemble = check_ensemble(coding, p)
     decoder = Decoder(c.neural_payload, p.coded_vocab)
     types = None
     if p.alphabet is not None:
@@ -354,50 +443,16 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     def code(probs: np.ndarray, t: int) -> np.ndarray:
         return decoder(probs)
 
-    streams = engine.run(backend, ensemble, p.streams, p.start_token, code,
-                         _token_progress(opts, p.n_tokens))
+    streams = engine.run(coding.backend, ensemble, p.streams, p.start_token, code,
+                         _token_progress(progress, p.n_tokens))
     tokens = np.concatenate(streams)
     if types is not None:
         tokens = alphabet.to_tokens(tokens, types)
     out, offset = [], 0
-    for seg in neural_segs:
-        out.append(rt.tokenizer.detokenize(tokens[offset:offset + seg.tokens]))
+    for seg in (s for s in c.segments if s.kind == KIND_NEURAL):
+        out.append(coding.rt.tokenizer.detokenize(tokens[offset:offset + seg.tokens]))
         offset += seg.tokens
     return out
-
-
-def _checked_backend(p: hparams.NeuralParams, opts: Options):
-    """The runtime and backend (None without an LLM) that reproduce the file's
-    fingerprint, checked before any decoding; else a MismatchError saying what differs.
-
-    A file that records its weight buffers gets exactly those. One written before nacz
-    recorded them used llama.cpp's default ("extra"): plain buffers are tried first (on
-    CPUs without AMX or repacked weights they compute the same logits, and they never
-    crash), then "extra" where that cannot crash (llama.allows)."""
-    if p.backend_name == NO_BACKEND:
-        rt = _runtime_for(p, opts)
-        check_compatible(p, rt)
-        fp = rt.fingerprint(None, p.ensemble)
-        if fp != p.fingerprint:
-            raise MismatchError(_fingerprint_message(p, fp))
-        return rt, None
-    legacy = p.weight_buffers is None
-    choices = (llama.WEIGHT_BUFFERS, llama.LEGACY_WEIGHT_BUFFERS) if legacy else (
-        p.weight_buffers,)
-    fp, refused = None, None
-    for wb in choices:
-        refused = llama.allows(wb, len(p.streams))
-        if refused:
-            continue
-        rt = _runtime_for(p, opts, wb)
-        check_compatible(p, rt)
-        backend = rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads())
-        fp = rt.fingerprint(backend, p.ensemble, legacy=legacy)
-        if fp == p.fingerprint:
-            return rt, backend
-    if fp is None:  # no choice could even be tried
-        raise MismatchError(f"cannot decode this file here: {refused}")
-    raise MismatchError(_fingerprint_message(p, fp, refused))
 
 
 def _fingerprint_message(p: hparams.NeuralParams, fp: str, refused: str | None = None) -> str:

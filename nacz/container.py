@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from .errors import FormatError
 
 MAGIC = b"\x8fNCZ"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 1  # one container: the whole original as one block (codec.compress)
+BLOCKS_VERSION = 2  # a header, independent blocks, an index, a footer (the command line)
+SUPPORTED_VERSIONS = (1, 2)
 
 KIND_BINARY = 0
 KIND_NEURAL = 1
@@ -149,9 +150,18 @@ def unpack_params(raw: bytes) -> dict:
 def write(c: Container) -> bytes:
     """Serialise a container; checks the same invariants the reader checks."""
     _check_invariants(c)
+    head = bytearray(MAGIC + bytes([FORMAT_VERSION])) + _fields(c)
+    head += _U32.pack(zlib.crc32(head))
+    body = c.binary_payload + c.neural_payload
+    return bytes(head) + body + _U32.pack(zlib.crc32(body))
+
+
+def _fields(c: Container) -> bytes:
+    """Everything of a container after the version byte, up to its header CRC (shared by
+    format version 1's one container and version 2's blocks)."""
     flags = (FLAG_NEURAL if c.has_neural else 0) | (FLAG_BINARY if c.has_binary else 0)
     params = pack_params(c.params) if c.params is not None else b""
-    head = bytearray(MAGIC + bytes([FORMAT_VERSION, flags]))
+    head = bytearray([flags])
     head += uvarint(c.orig_len) + c.checksum
     head += uvarint(len(params)) + params
     head += uvarint(len(c.segments))
@@ -164,9 +174,7 @@ def write(c: Container) -> bytes:
         head += bytes([c.binary_method]) + uvarint(len(c.binary_payload))
     if c.has_neural:
         head += uvarint(len(c.neural_payload))
-    head += _U32.pack(zlib.crc32(head))
-    body = c.binary_payload + c.neural_payload
-    return bytes(head) + body + _U32.pack(zlib.crc32(body))
+    return bytes(head)
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -209,10 +217,9 @@ def read(data: bytes) -> Container:
     r = _Reader(data)
     r.take(4, "magic")
     version = r.byte("version")
-    if version not in SUPPORTED_VERSIONS:
-        raise FormatError(
-            f"format version {version} is newer than this nacz supports "
-            f"(up to {max(SUPPORTED_VERSIONS)}); upgrade nacz")
+    check_version(version)
+    if version != FORMAT_VERSION:
+        raise FormatError(f"format version {version} is read block by block (nacz.blockfile)")
     flags = r.byte("flags")
     if flags & ~KNOWN_FLAGS:
         raise FormatError(f"unknown header flags 0x{flags:02x}")
@@ -260,6 +267,17 @@ def read(data: bytes) -> Container:
     if zlib.crc32(body) != _U32.unpack(data[header_size + body_len:])[0]:
         raise FormatError("corrupt file (payload checksum mismatch)")
     return c
+
+
+def check_version(version: int) -> None:
+    if version not in SUPPORTED_VERSIONS:
+        raise FormatError(
+            f"format version {version} is newer than this nacz supports "
+            f"(up to {max(SUPPORTED_VERSIONS)}); upgrade nacz")
+
+
+def check_invariants(c: Container) -> None:
+    _check_invariants(c)
 
 
 def _check_invariants(c: Container) -> None:

@@ -12,6 +12,8 @@ from .params import parse
 
 
 def describe(name: str, data: bytes, verbose: bool = False) -> str:
+    if data[:4] == container.MAGIC and data[4:5] == bytes([container.BLOCKS_VERSION]):
+        return describe_blocks(name, data, verbose)
     c = container.read(data)
     lines = [name, f"  format version  {c.version}"]
     lines.append(f"  original        {c.orig_len} bytes")
@@ -94,4 +96,82 @@ def describe_backends() -> str:
                      "(llama.cpp's report when loading it)")
     except Exception as e:  # noqa: BLE001 - report, not fail: info must work without it
         lines.append(f"  default model   unavailable: {e}")
+    return "\n".join(lines)
+
+
+def describe_blocks(name: str, data: bytes, verbose: bool = False) -> str:
+    """A format-version-2 file: its shared settings, totals over the blocks, and with
+    ``verbose`` one line per block. Every block is parsed and checked (not decoded)."""
+    import io
+
+    from . import blockfile, blockparams
+
+    src = blockfile.Source(io.BytesIO(data))
+    header = blockfile.read_header(src)
+    blocks: list[tuple[blockfile.IndexEntry, container.Container]] = []
+    while True:
+        start = src.pos
+        try:
+            item = blockfile.read_next(src, header)
+        except FormatError as e:
+            raise FormatError(f"block {len(blocks)}: {e}") from None
+        if isinstance(item, blockfile.Index):
+            break
+        blocks.append((blockfile.IndexEntry(start, src.pos - start, item.orig_len,
+                                            item.checksum), item))
+    index = item
+    if index.entries != [e for e, _ in blocks]:
+        raise FormatError("corrupt index (does not describe the blocks read)")
+    blockfile.check_index(index, header)
+    orig = index.orig_size
+    lines = [name, f"  format version  {blockfile.VERSION}"]
+    lines.append(f"  original        {orig} bytes")
+    if orig:
+        lines.append(f"  compressed      {len(data)} bytes (ratio {orig / len(data):.3f}, "
+                     f"{8 * len(data) / orig:.4f} bits per byte)")
+    else:
+        lines.append(f"  compressed      {len(data)} bytes")
+    lines.append(f"  blocks          {len(blocks)} of up to {header.block_size} bytes")
+    counts, sizes = Counter(), Counter()
+    tokens = streams = 0
+    for _, c in blocks:
+        for s in c.segments:
+            counts[s.kind] += 1
+            sizes[s.kind] += s.orig_len
+        if c.params is not None:
+            p = blockparams.parse_block(header.params, c.params)
+            tokens += p.n_tokens
+            streams = max(streams, len(p.streams))
+    lines.append("  segments        " + (", ".join(
+        f"{counts[k]} {KIND_NAMES[k]} ({sizes[k]} bytes)" for k in sorted(counts)) or "none"))
+    if header.params is not None:
+        try:
+            p = blockparams.parse_shared(header.params)
+        except FormatError as e:
+            raise FormatError(f"{e} in neural parameters") from None
+        lines.append(f"  level           {p.level}")
+        lines.append(f"  model           {p.model_name} (sha256 {p.model_sha256[:16]})")
+        if p.model_derived:
+            lines.append(f"                  {p.model_derived['format']}, derived from sha256 "
+                         f"{p.model_derived['from'][:16]}")
+        lines.append(f"  backend         {p.backend_name} (llama-cpp-python {p.backend_version}),"
+                     f" fingerprint {p.fingerprint[:16]}")
+        if p.backend_name != "none":
+            lines.append(f"                  weight buffers {p.weight_buffers}, SIMD level "
+                         f"{llama.simd_level(p.cpu)}")
+        neural_bytes = sum(len(c.neural_payload) for _, c in blocks)
+        lines.append(f"  streams         up to {streams} per block ({tokens} tokens, "
+                     f"{8 * neural_bytes / max(1, tokens):.3f} bits per token)")
+        lines.append(f"  context         window {p.window}, slide {p.slide}, {p.sinks} sink tokens")
+    if verbose:
+        for i, (e, c) in enumerate(blocks):
+            kinds = Counter(s.kind for s in c.segments)
+            what = ", ".join(f"{kinds[k]} {KIND_NAMES[k]}" for k in sorted(kinds))
+            extra = ""
+            if c.params is not None:
+                p = blockparams.parse_block(header.params, c.params)
+                extra = f", {len(p.streams)} streams, {p.n_tokens} tokens"
+            lines.append(f"  block {i:<9} at {i * header.block_size}, {e.orig_size} bytes -> "
+                         f"{e.comp_size} at offset {e.offset} "
+                         f"({8 * e.comp_size / e.orig_size:.3f} bits/byte; {what}{extra})")
     return "\n".join(lines)

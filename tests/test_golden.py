@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nacz import codec, container
+from nacz import blockparams, codec, container, stream
 from nacz.backends import llama
 from nacz.errors import MismatchError
 from nacz.params import parse
@@ -23,7 +23,12 @@ NAMES = sorted(p.stem for p in GOLDEN.glob("*.nc"))
 
 
 def _params(name: str):
-    c = container.read((GOLDEN / f"{name}.nc").read_bytes())
+    packed = (GOLDEN / f"{name}.nc").read_bytes()
+    if stream.is_blocks_file(packed[:5]):  # format version 2: the header's shared settings
+        import io
+        shared = stream.read_layout(io.BytesIO(packed), len(packed))[0].params
+        return None if shared is None else blockparams.parse_shared(shared)
+    c = container.read(packed)
     return None if c.params is None else parse(c.params)
 
 
@@ -42,7 +47,8 @@ def refusal_allowed(p) -> str | None:
 
 def test_golden_set_is_complete():
     assert {"empty", "binary", "text", "text-llm-free", "text-llm-free-alphabet",
-            "hybrid", "text-plain-buffers", "text-plain-buffers-2-streams"} <= set(NAMES)
+            "hybrid", "text-plain-buffers", "text-plain-buffers-2-streams",
+            "blocks-empty", "blocks-binary", "blocks-llm-free", "blocks-text"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

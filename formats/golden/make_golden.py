@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from nacz import codec  # noqa: E402
+from nacz import codec, stream  # noqa: E402
 
 PROSE = (b"A compressor is only worth using if a file written today decodes next year, and a "
          b"damaged file fails loudly. These golden files pin the byte layout, the parameter "
@@ -42,6 +42,15 @@ def originals() -> dict[str, tuple[bytes, codec.Options]]:
         # LLM-free with its token alphabet (alphabet.py) and mixer preset 3
         "text-llm-free-alphabet": (word_salad(), codec.Options(model="none")),
         "hybrid": (PROSE + bytes(range(40)) + b"\xff\xfe" * 8 + PROSE[::-1], codec.Options()),
+        # Format version 2 (names starting "blocks-"): header, independent blocks, index.
+        "blocks-empty": (b"", codec.Options(level=1)),
+        "blocks-binary": (binary * 3, codec.Options(level=1, block_size=1024)),
+        # LLM-free: three 1 KiB blocks with neural and binary segments, token alphabets.
+        "blocks-llm-free": (word_salad(300) + bytes(range(40)) + PROSE,
+                            codec.Options(level=1, block_size=1024)),
+        # The default level's LLM: two blocks of prose, one with a binary run.
+        "blocks-text": (PROSE * 3 + bytes(range(20)) + PROSE[:200],
+                        codec.Options(block_size=1024)),
         # nacz 0.2: the header records llama.cpp's weight buffers ("plain"), and the
         # fingerprint covers them; two streams decode in one batch (the AMX crash's case)
         "text-plain-buffers": (PROSE, codec.Options()),
@@ -54,7 +63,8 @@ def main() -> None:
         if (HERE / f"{name}.nc").exists():
             continue
         (HERE / f"{name}.bin").write_bytes(data)
-        packed = codec.compress(data, opts)
+        packed = (stream.compress_bytes(data, opts) if name.startswith("blocks-")
+                  else codec.compress(data, opts))
         assert codec.decompress(packed) == data
         (HERE / f"{name}.nc").write_bytes(packed)
         print(f"{name}: {len(data)} -> {len(packed)} bytes")

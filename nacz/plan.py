@@ -1,0 +1,108 @@
+"""The plan: options and level -> the settings a file records. Pure: no model, no I/O.
+
+Everything that decides how a block is coded comes from here, as a function of the
+options, the level and the block's own token count -- never of the machine, the job count
+or timing -- so every worker (process or Ray actor) derives the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import engine, params as hparams
+from .errors import NaczError
+from .models.ensemble import default_spec
+from .presets import (FASTEST_LLM_LEVEL, LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, Preset,
+                      preset)
+
+LLM_FREE = "none"  # --model none: no LLM; the default model's tokenizer only
+
+# Block sizes (format version 2). Each block is coded on its own (cold models), so a block
+# must be long enough for the online models to learn; see bench/results/blocksize.md.
+MIN_BLOCK_SIZE = 1 << 10
+MAX_BLOCK_SIZE = 1 << 30
+DEFAULT_BLOCK_SIZE = {1: 4 << 20}  # per level; other levels: LLM_BLOCK_SIZE
+LLM_BLOCK_SIZE = 1 << 20
+
+
+def is_llm_free(model) -> bool:
+    return isinstance(model, str) and model == LLM_FREE
+
+
+def default_block_size(level: int) -> int:
+    return DEFAULT_BLOCK_SIZE.get(level, LLM_BLOCK_SIZE)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the options and level decide, before any input is seen."""
+
+    preset: Preset
+    llm_free: bool
+    model: str | os.PathLike | None  # as given (None: $NACZ_MODEL or the default)
+    streams: int | None  # expert override of the preset's stream count
+    window: int
+    slide: int
+    sinks: int
+    block_size: int
+
+    @property
+    def level(self) -> int:
+        return self.preset.level
+
+    @property
+    def model_format(self) -> str:
+        return self.preset.model_format
+
+    def stream_lengths(self, n_tokens: int) -> list[int]:
+        """The block's streams: from its token count and the level, never the machine."""
+        n = self.streams if self.streams else self.preset.streams_for(n_tokens)
+        lengths = engine.split_streams(n_tokens, min(n, hparams.MAX_STREAMS))
+        if len(lengths) * self.window > hparams.MAX_KV_CELLS:
+            raise NaczError(f"{len(lengths)} streams x window {self.window} exceed the KV "
+                            f"cache limit of {hparams.MAX_KV_CELLS} cells; use fewer streams "
+                            "or a smaller window")
+        return lengths
+
+    def _with_ssm(self, n_tokens: int) -> bool | None:
+        if self.preset.ensemble == "full+ssm" and n_tokens >= SSM_MIN_TOKENS:
+            return True
+        return None  # the default: SSM only without an LLM
+
+    def ensemble(self, n_tokens: int) -> dict:
+        """The ensemble spec of a block of ``n_tokens`` tokens."""
+        if self.preset.ensemble not in ("full", "full+ssm"):
+            return {"kind": "llm"}
+        return default_spec(n_tokens, uses_llm=not self.llm_free,
+                            with_ssm=self._with_ssm(n_tokens))
+
+    def probe_ensemble(self) -> dict:
+        """An ensemble spec of the widest kind any block of this plan can use: the file's
+        one fingerprint covers every kernel its blocks run (format version 2)."""
+        return self.ensemble(max(SSM_MIN_TOKENS, 1))
+
+
+def make_plan(model=None, level: int | None = None, streams: int | None = None,
+              window: int | None = None, slide: int | None = None, sinks: int | None = None,
+              block_size: int | None = None) -> Plan:
+    pre = preset(level)
+    llm_free = is_llm_free(model) or (pre.model_format == LLM_FREE and not model)
+    if llm_free and pre.model_format != LLM_FREE:
+        pre = preset(LLM_FREE_LEVEL)  # --model none: the LLM-free level's settings
+    elif not llm_free and pre.model_format == LLM_FREE:
+        pre = preset(FASTEST_LLM_LEVEL)  # -1 --model X: an LLM needs many streams
+    win = window or pre.window
+    sl = slide or (win // 2 if window else pre.slide)
+    sk = sinks or SINKS
+    if win > hparams.MAX_WINDOW:
+        raise NaczError(f"window {win} exceeds the limit of {hparams.MAX_WINDOW}")
+    if block_size is None:
+        # The level asked for, not the one an LLM-free/explicit model switched to: -1's
+        # block size with -1's speed.
+        block_size = default_block_size(pre.level)
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise NaczError(f"block size must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} "
+                        "bytes")
+    return Plan(pre, llm_free, LLM_FREE if llm_free else model, streams, win, sl, sk,
+                block_size)
