@@ -42,6 +42,8 @@ class Settings:
     streams: int | None = None
     window: int | None = None
     level: int | None = None
+    backend: str | None = None
+    device: str | None = None
 
 
 def _err(msg: str) -> None:
@@ -101,6 +103,10 @@ def _options(s: Settings, progress=None):
         kw["window"] = s.window
     if s.level is not None:
         kw["level"] = s.level
+    if s.backend is not None:
+        kw["backend"] = s.backend
+    if s.device is not None:
+        kw["device"] = s.device
     return Options(**kw)
 
 
@@ -303,8 +309,14 @@ def _levels(f):
 @_levels
 @click.option("--streams", type=click.IntRange(1, 256), help="Expert: parallel token streams.")
 @click.option("--window", type=click.IntRange(64, 32768), help="Expert: LLM context window.")
+@click.option("--backend", type=click.Choice(["llama", "torch"]),
+              help="LLM backend: llama (llama.cpp, default) or torch (needs nacz[gpu]).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]),
+              help="Device of the torch backend (default cpu). Decompression needs the same.")
 def compress(files, **kw):
     """Compress FILES to FILE.nc. Levels -1 (fastest) ... -9 (best ratio); default -6."""
+    if kw.get("device") == "cuda" and kw.get("backend") != "torch":
+        raise click.UsageError("--device cuda needs --backend torch")
     return _process(files, _settings(kw), "compress")
 
 

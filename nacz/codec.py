@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 from . import alphabet, binary, container, engine, params as hparams
+from . import backends
 from .backends import llama
 from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
@@ -41,6 +42,8 @@ class Options:
     window: int | None = None
     slide: int | None = None  # default: half the window
     sinks: int | None = None
+    backend: str = backends.LLAMA  # llama (llama.cpp) | torch (recorded in the header)
+    device: str = "cpu"  # cpu | cuda (torch only)
     progress: Progress | None = None
 
 
@@ -73,10 +76,11 @@ class Runtime:
         """Hash of the LLM's exact logits on a fixed probe (if there is an LLM) and of the
         probabilities an ensemble of the same kind computes over that probe: libm's exp and
         log can differ between CPUs too. Cached per setup."""
-        key = (None if backend is None else (backend.window, backend.slide, backend.sinks,
-                                             backend.threads), probe_kind(ensemble_spec))
+        key = (None if backend is None else backends.cache_key(backend),
+               probe_kind(ensemble_spec))
         if key not in self._fingerprints:
             h = hashlib.blake2b(digest_size=16)
+            h.update(backends.fingerprint_salt(backend))
             logits = None if backend is None else backend.probe(self._probe)
             if logits is not None:
                 h.update(logits.tobytes())
@@ -152,7 +156,10 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         return fallback
 
     pre = preset(opts.level)
-    llm_free = is_llm_free(opts.model) or (pre.model_format == LLM_FREE and not opts.model)
+    llm_free = is_llm_free(opts.model) or (pre.model_format == LLM_FREE and not opts.model
+                                           and opts.backend == backends.LLAMA)
+    if llm_free and opts.backend != backends.LLAMA:
+        raise NaczError(f"--backend {opts.backend} needs an LLM (not --model none)")
     if llm_free and pre.model_format != LLM_FREE:
         pre = preset(LLM_FREE_LEVEL)  # --model none: the LLM-free level's settings
     elif not llm_free and pre.model_format == LLM_FREE:
@@ -188,7 +195,8 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
                         f"limit of {hparams.MAX_KV_CELLS} cells; use fewer streams or a "
                         "smaller window")
     threads = opts.threads or default_threads()
-    backend = None if llm_free else rt.backend(window, slide, sinks, threads)
+    backend = None if llm_free else backends.make(rt, opts.backend, opts.device, window,
+                                                  slide, sinks, threads)
     with_ssm = None  # the default: SSM only without an LLM
     if pre.ensemble == "full+ssm" and len(tokens) >= SSM_MIN_TOKENS:
         with_ssm = True
@@ -203,7 +211,7 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
         model_derived=rt.derived, level=pre.level,
         backend_name=NO_BACKEND if llm_free else backend.name,
-        backend_version=llama.version(),
+        backend_version=backends.version(backend), device=backends.describe(backend),
         fingerprint=rt.fingerprint(backend, spec), cpu=llama.cpu_features(),
         vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
         streams=tuple(lengths), window=window, slide=slide, sinks=sinks,
@@ -310,8 +318,7 @@ def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
             f"file was compressed with model {p.model_name} (sha256 {p.model_sha256[:12]}…) "
             f"but {rt.path.name} (sha256 {rt.sha256[:12]}…) is in use; "
             "pass that model with --model or NACZ_MODEL")
-    if p.backend_name not in (llama.NAME, NO_BACKEND):
-        raise MismatchError(f"file needs backend {p.backend_name!r}, which this nacz lacks")
+    backends.check(p.backend_name, p.device)
     if p.vocab_size != rt.model.vocab_size or p.start_token != rt.model.start_token:
         raise MismatchError("file's tokenizer parameters do not match the model")
     if p.coder != CODER_SPEC:
@@ -327,13 +334,15 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
         raise FormatError("corrupt header (more tokens than the payload can hold)")
     if p.alphabet is not None and p.backend_name != NO_BACKEND:
         raise FormatError("corrupt header (a token alphabet needs the LLM-free mode)")
+    backends.check(p.backend_name, p.device)  # before loading anything
     rt = _runtime_for(p, opts)
     check_compatible(p, rt)
     ensemble = make_ensemble(p.ensemble, p.coded_vocab)
     if (p.backend_name == NO_BACKEND) == ensemble.uses_llm:
         raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
-    backend = (None if p.backend_name == NO_BACKEND else
-               rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads()))
+    backend = (None if p.backend_name == NO_BACKEND else backends.make(
+        rt, backends.choice_of(p.backend_name), (p.device or {}).get("device", "cpu"),
+        p.window, p.slide, p.sinks, opts.threads or default_threads()))
     fp = rt.fingerprint(backend, p.ensemble)
     if fp != p.fingerprint:
         raise MismatchError(_fingerprint_message(p, fp))
@@ -359,6 +368,10 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
 
 def _fingerprint_message(p: hparams.NeuralParams, fp: str) -> str:
     """Name what differs between the compressing and this backend, and what to do."""
+    if p.device:  # torch: the description matched (backends.check), the logits did not
+        return (f"backend fingerprint mismatch (file {p.fingerprint[:12]}, here {fp[:12]}): "
+                f"same torch setup ({', '.join(f'{k} {v}' for k, v in p.device.items())}), "
+                "different logits; decompress where it was compressed")
     here_version = llama.version()
     what = []
     if p.backend_version != here_version:

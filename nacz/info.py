@@ -38,8 +38,10 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
         if p.model_derived:
             lines.append(f"                  {p.model_derived['format']}, derived from sha256 "
                          f"{p.model_derived['from'][:16]}")
-        lines.append(f"  backend         {p.backend_name} (llama-cpp-python {p.backend_version}),"
-                     f" fingerprint {p.fingerprint[:16]}")
+        built = (f"llama-cpp-python {p.backend_version}" if not p.device else
+                 ", ".join(f"{k} {v}" for k, v in p.device.items()))
+        lines.append(f"  backend         {p.backend_name} ({built}), fingerprint "
+                     f"{p.fingerprint[:16]}")
         lines.append(f"  streams         {len(p.streams)} ({p.n_tokens} tokens, "
                      f"{8 * len(c.neural_payload) / max(1, p.n_tokens):.3f} bits per token)")
         if p.alphabet:

@@ -41,6 +41,8 @@ class NeuralParams:
     # LLM-free segments: the number of token types that occur, or None (the whole
     # vocabulary). The types themselves open the neural payload (alphabet.py).
     alphabet: int | None = None
+    # The torch backend's description (versions, device, dtype: backends.describe), else None
+    device: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -49,7 +51,8 @@ class NeuralParams:
                       **({"derived": self.model_derived} if self.model_derived else {})},
             "level": self.level,
             "backend": {"name": self.backend_name, "version": self.backend_version,
-                        "fingerprint": self.fingerprint, "cpu": self.cpu},
+                        "fingerprint": self.fingerprint, "cpu": self.cpu,
+                        **({"device": self.device} if self.device else {})},
             "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token,
                           **({"alphabet": self.alphabet} if self.alphabet else {})},
             "streams": list(self.streams),
@@ -107,7 +110,16 @@ def parse(d: dict) -> NeuralParams:
         from .resources import DERIVED_FORMATS
         if derived["format"] not in DERIVED_FORMATS:
             raise FormatError(f"corrupt header (unknown model format {derived['format']!r})")
-    b = _obj(d["backend"], "backend", {"name", "version", "fingerprint", "cpu"})
+    b = d["backend"]
+    b = _obj(b, "backend", {"name", "version", "fingerprint", "cpu"} | (
+        {"device"} if isinstance(b, dict) and "device" in b else set()))
+    device = None
+    if "device" in b:
+        device = b["device"]
+        if not isinstance(device, dict) or not 0 < len(device) <= 16 or not all(
+                isinstance(k, str) and len(k) <= 32 for k in device):
+            raise FormatError("corrupt header (bad backend device)")
+        device = {k: _str(v, "backend device") for k, v in device.items()}
     t = d["tokenizer"]
     t = _obj(t, "tokenizer", {"vocab_size", "start_token"} | (
         {"alphabet"} if isinstance(t, dict) and "alphabet" in t else set()))
@@ -141,4 +153,5 @@ def parse(d: dict) -> NeuralParams:
         ensemble=d["ensemble"], coder=d["coder"],
         alphabet=(_int(t["alphabet"], "alphabet", MIN_TYPES, vocab) if "alphabet" in t
                   else None),
+        device=device,
     )
