@@ -307,7 +307,8 @@ def _levels(f):
 @main.command()
 @_common
 @_levels
-@click.option("--streams", type=click.IntRange(1, 256), help="Expert: parallel token streams.")
+@click.option("--streams", type=click.IntRange(1, 4096),
+              help="Expert: parallel token streams (llama.cpp: at most 256).")
 @click.option("--window", type=click.IntRange(64, 32768), help="Expert: LLM context window.")
 @click.option("--backend", type=click.Choice(["llama", "torch"]),
               help="LLM backend: llama (llama.cpp, default) or torch (needs nacz[gpu]).")

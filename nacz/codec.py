@@ -149,6 +149,7 @@ def _binary_only(data: bytes) -> Container:
 # -- compression ------------------------------------------------------------------------
 def compress(data: bytes, options: Options | None = None) -> bytes:
     opts = options or Options()
+    backends.require(opts.backend, opts.device)
     fallback = container.write(_binary_only(data))
     regions = split_regions(data)
     if not any(r.is_text for r in regions):
@@ -186,13 +187,15 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
 
     tokens = np.concatenate([token_lists[r.start] for r in regions if r.is_text])
     n_streams = opts.streams if opts.streams else pre.streams_for(len(tokens))
-    lengths = engine.split_streams(len(tokens), min(n_streams, hparams.MAX_STREAMS))
+    max_streams, max_cells = hparams.limits(
+        {"device": opts.device} if opts.backend == backends.TORCH else None)
+    lengths = engine.split_streams(len(tokens), min(n_streams, max_streams))
     window = opts.window or pre.window
     slide = opts.slide or (window // 2 if opts.window else pre.slide)
     sinks = opts.sinks or SINKS
-    if len(lengths) * window > hparams.MAX_KV_CELLS or window > hparams.MAX_WINDOW:
+    if len(lengths) * window > max_cells or window > hparams.MAX_WINDOW:
         raise NaczError(f"{len(lengths)} streams x window {window} exceed the KV cache "
-                        f"limit of {hparams.MAX_KV_CELLS} cells; use fewer streams or a "
+                        f"limit of {max_cells} cells; use fewer streams or a "
                         "smaller window")
     threads = opts.threads or default_threads()
     backend = None if llm_free else backends.make(rt, opts.backend, opts.device, window,

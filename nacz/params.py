@@ -17,6 +17,16 @@ MIN_WINDOW, MAX_WINDOW = 16, 1 << 15
 # KV cells over all streams (~23 KB each for SmolLM2): bounds what a header can make us
 # allocate (65,536 cells is ~1.5 GB); every level stays far below it.
 MAX_KV_CELLS = 1 << 16
+# The torch backend on a GPU fills it with many more streams per step. Its float32 KV
+# cache takes ~46 KB per cell for SmolLM2: 2^21 cells are ~96 GB, one H200's worth.
+MAX_STREAMS_CUDA, MAX_KV_CELLS_CUDA = 4096, 1 << 21
+
+
+def limits(device: dict | None) -> tuple[int, int]:
+    """(streams, KV cells) a file may ask for: more for the torch backend on CUDA."""
+    if device and device.get("device") == "cuda":
+        return MAX_STREAMS_CUDA, MAX_KV_CELLS_CUDA
+    return MAX_STREAMS, MAX_KV_CELLS
 
 
 @dataclass(frozen=True)
@@ -125,14 +135,15 @@ def parse(d: dict) -> NeuralParams:
         {"alphabet"} if isinstance(t, dict) and "alphabet" in t else set()))
     c = _obj(d["context"], "context", {"window", "slide", "sinks"})
     streams = d["streams"]
-    if not isinstance(streams, list) or not 1 <= len(streams) <= MAX_STREAMS:
+    max_streams, max_cells = limits(device)
+    if not isinstance(streams, list) or not 1 <= len(streams) <= max_streams:
         raise FormatError("corrupt header (bad stream table)")
     streams = tuple(_int(s, "streams", 1, 1 << 48) for s in streams)
     if any(a < b for a, b in zip(streams, streams[1:])):
         raise FormatError("corrupt header (stream lengths not in order)")
     vocab = _int(t["vocab_size"], "vocab_size", 2, 1 << 24)
     window = _int(c["window"], "window", MIN_WINDOW, MAX_WINDOW)
-    if len(streams) * window > MAX_KV_CELLS:
+    if len(streams) * window > max_cells:
         raise FormatError("corrupt header (streams x window exceeds the KV cache limit)")
     sinks = _int(c["sinks"], "sinks", 1, window // 2)
     slide = _int(c["slide"], "slide", 1, window - sinks - 1)

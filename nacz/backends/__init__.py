@@ -28,17 +28,25 @@ def torch_module():
     return torch_backend
 
 
-def make(rt, choice: str, device: str, window: int, slide: int, sinks: int, threads: int):
-    """The backend for a runtime (model + tokenizer) and a choice from CHOICES/DEVICES."""
+def require(choice: str, device: str) -> None:
+    """Refuse a backend choice this installation cannot run (before any work)."""
     if choice not in CHOICES or device not in DEVICES:
         raise NaczError(f"unknown backend {choice!r} on {device!r}")
     if choice == LLAMA:
         if device != "cpu":
             raise NaczError("--device cuda needs --backend torch")
-        return rt.backend(window, slide, sinks, threads)
+        return
     tb = torch_module()
     if device == "cuda" and not tb.cuda_available():
         raise NaczError(f"--device cuda: torch {tb.torch.__version__} sees no CUDA device here")
+
+
+def make(rt, choice: str, device: str, window: int, slide: int, sinks: int, threads: int):
+    """The backend for a runtime (model + tokenizer) and a choice from CHOICES/DEVICES."""
+    require(choice, device)
+    if choice == LLAMA:
+        return rt.backend(window, slide, sinks, threads)
+    tb = torch_module()
     return tb.TorchBackend(tb.load_weights(rt.path, device), window, slide, sinks,
                            rt.model.start_token)
 

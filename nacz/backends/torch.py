@@ -38,8 +38,10 @@ from ..errors import NaczError  # noqa: E402
 NAME = "torch"
 DTYPE = "float32"  # the only compute dtype so far (recorded in the header)
 # Intra-op threads on the CPU: a constant, never the machine's core count, because a
-# matrix product's reduction may be split differently with another count.
-CPU_THREADS = 2
+# matrix product's reduction may be split differently with another count. One thread: on
+# a busy 2-core machine a step of 3 streams took 252 ms with 1 thread, 1.9-7.0 s with 2
+# (OpenMP barriers), and the CPU path exists for tests and small inputs; GPUs are for speed.
+CPU_THREADS = 1
 ARCHITECTURES = ("llama",)
 
 _lock = threading.Lock()
