@@ -28,6 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nacz.backends.llama import bound_openmp_spinning  # noqa: E402
+
+bound_openmp_spinning()  # as the CLI does, before llama.cpp loads
 from nacz import codec, engine  # noqa: E402
 from nacz.codec import load_runtime  # noqa: E402
 from nacz.models import ensemble as E, mixed  # noqa: E402

@@ -93,6 +93,8 @@ def raw_decode_rate(params: dict, threads: int, steps: int, sample: bytes,
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
+    from nacz.backends.llama import bound_openmp_spinning
+    bound_openmp_spinning()  # as the CLI does, before llama.cpp loads
     from nacz.codec import load_runtime
 
     n_streams = len(params["streams"])

@@ -1,3 +1,3 @@
 """nacz: a lossless neural file compressor."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

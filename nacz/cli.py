@@ -184,7 +184,8 @@ def _process(files: tuple[str, ...], s: Settings, mode: str) -> int:
     if s.verbose:
         from . import native
         _err(f"nacz: SSM kernels {native.ssm_impl()}, llama-cpp-python {llama.version()} "
-             f"({llama.cpu_features() or 'no CPU features reported'})")
+             f"({llama.cpu_features() or 'no CPU features reported'}), weight buffers "
+             f"{llama.WEIGHT_BUFFERS}")
     status = _Status()
     names = list(files) or ["-"]
     if s.output and len(names) > 1:
@@ -374,6 +375,9 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 def entry(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps outcomes to exit codes, never a traceback for
     expected failures."""
+    from .backends.llama import bound_openmp_spinning
+
+    bound_openmp_spinning()  # before llama.cpp (and its OpenMP runtime) is loaded
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rc = main.main(args=argv, prog_name="nacz", standalone_mode=False)

@@ -58,13 +58,15 @@ def default_threads() -> int:
 class Runtime:
     """A model file with its hash, weights, tokenizer, and (lazily) a backend."""
 
-    def __init__(self, path: Path, vocab_only: bool = False):
+    def __init__(self, path: Path, vocab_only: bool = False,
+                 weight_buffers: str = llama.WEIGHT_BUFFERS):
         self.path = path
         self.vocab_only = vocab_only
         self.derived = None
         self.sha256 = model_sha256(path)
         self.size = path.stat().st_size
-        self.model = llama.LlamaModel(path, vocab_only=vocab_only)
+        self.model = llama.LlamaModel(path, vocab_only=vocab_only,
+                                      weight_buffers=weight_buffers)
         self.tokenizer = Tokenizer(self.model)
         self._probe = self.tokenizer.tokenize(llama.PROBE_TEXT)
         self._fingerprints: dict[tuple, str] = {}
@@ -72,15 +74,19 @@ class Runtime:
     def backend(self, window: int, slide: int, sinks: int, threads: int):
         return llama.LlamaBackend(self.model, window, slide, sinks, threads)
 
-    def fingerprint(self, backend, ensemble_spec: dict) -> str:
+    def fingerprint(self, backend, ensemble_spec: dict, legacy: bool = False) -> str:
         """Hash of the LLM's exact logits on a fixed probe (if there is an LLM) and of the
         probabilities an ensemble of the same kind computes over that probe: libm's exp and
-        log can differ between CPUs too. Cached per setup."""
+        log can differ between CPUs too. With llama.cpp it covers the weight-buffer choice
+        too, unless ``legacy`` (files from before that choice was recorded); with torch, the
+        backend's description (backends.fingerprint_salt). Cached per setup."""
         key = (None if backend is None else backends.cache_key(backend),
-               probe_kind(ensemble_spec))
+               probe_kind(ensemble_spec), legacy)
         if key not in self._fingerprints:
             h = hashlib.blake2b(digest_size=16)
             h.update(backends.fingerprint_salt(backend))
+            if backend is not None and backend.name == llama.NAME and not legacy:
+                h.update(f"llama.cpp weight buffers: {self.model.weight_buffers}\n".encode())
             logits = None if backend is None else backend.probe(self._probe)
             if logits is not None:
                 h.update(logits.tobytes())
@@ -98,16 +104,21 @@ class Runtime:
 _runtimes: dict[tuple, Runtime] = {}
 
 
-def load_runtime_path(path: Path, vocab_only: bool = False) -> Runtime:
+def load_runtime_path(path: Path, vocab_only: bool = False,
+                      weight_buffers: str = llama.WEIGHT_BUFFERS) -> Runtime:
     """A loaded model, cached (one at a time); a full load serves vocab-only needs too."""
     st = path.stat()
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    for only in (False, True) if vocab_only else (False,):
-        if key + (only,) in _runtimes:
-            return _runtimes[key + (only,)]
+    wanted = [(False, weight_buffers)]
+    if vocab_only:  # any full load has the vocabulary
+        wanted = [(False, wb) for wb in llama.WEIGHT_BUFFER_CHOICES] + [(True, None)]
+    for only, wb in wanted:
+        if key + (only, wb) in _runtimes:
+            return _runtimes[key + (only, wb)]
     _runtimes.clear()
-    _runtimes[key + (vocab_only,)] = Runtime(path, vocab_only)
-    return _runtimes[key + (vocab_only,)]
+    wb = None if vocab_only else weight_buffers
+    _runtimes[key + (vocab_only, wb)] = Runtime(path, vocab_only, weight_buffers)
+    return _runtimes[key + (vocab_only, wb)]
 
 
 LLM_FREE = "none"  # --model none: no LLM; the default model's tokenizer only
@@ -215,6 +226,8 @@ def compress(data: bytes, options: Options | None = None) -> bytes:
         model_derived=rt.derived, level=pre.level,
         backend_name=NO_BACKEND if llm_free else backend.name,
         backend_version=backends.version(backend), device=backends.describe(backend),
+        weight_buffers=(None if llm_free or backend.name != llama.NAME
+                        else rt.model.weight_buffers),
         fingerprint=rt.fingerprint(backend, spec), cpu=llama.cpu_features(),
         vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
         streams=tuple(lengths), window=window, slide=slide, sinks=sinks,
@@ -285,15 +298,16 @@ def decompress(data: bytes, options: Options | None = None) -> bytes:
     return out
 
 
-def _runtime_for(p: hparams.NeuralParams, opts: Options) -> Runtime:
+def _runtime_for(p: hparams.NeuralParams, opts: Options,
+                 weight_buffers: str = llama.WEIGHT_BUFFERS) -> Runtime:
     """The model a file needs: the one given (or default), re-derived if the file was
-    made with a derived format of it."""
+    made with a derived format of it, its weights in ``weight_buffers``."""
     if p.backend_name == NO_BACKEND:  # the tokenizer only
         rt = load_runtime_path(resolve_model_path(None if is_llm_free(opts.model)
                                                   else opts.model), vocab_only=True)
         return rt
     if p.model_derived is None:
-        rt = load_runtime_path(resolve_model_path(opts.model))
+        rt = load_runtime_path(resolve_model_path(opts.model), weight_buffers=weight_buffers)
         rt.derived = None
         return rt
     base = resolve_model_path(opts.model)
@@ -303,7 +317,8 @@ def _runtime_for(p: hparams.NeuralParams, opts: Options) -> Runtime:
             f"file was compressed with {p.model_name}, derived from a model with sha256 "
             f"{p.model_derived['from'][:12]}…, but {base.name} (sha256 {base_sha[:12]}…) is "
             "in use; pass the original model with --model or NACZ_MODEL")
-    rt = load_runtime_path(derived_model(base, p.model_derived["format"], base_sha))
+    rt = load_runtime_path(derived_model(base, p.model_derived["format"], base_sha),
+                           weight_buffers=weight_buffers)
     rt.derived = p.model_derived
     if rt.sha256 != p.model_sha256:
         raise MismatchError(
@@ -338,17 +353,10 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     if p.alphabet is not None and p.backend_name != NO_BACKEND:
         raise FormatError("corrupt header (a token alphabet needs the LLM-free mode)")
     backends.check(p.backend_name, p.device)  # before loading anything
-    rt = _runtime_for(p, opts)
-    check_compatible(p, rt)
     ensemble = make_ensemble(p.ensemble, p.coded_vocab)
     if (p.backend_name == NO_BACKEND) == ensemble.uses_llm:
         raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
-    backend = (None if p.backend_name == NO_BACKEND else backends.make(
-        rt, backends.choice_of(p.backend_name), (p.device or {}).get("device", "cpu"),
-        p.window, p.slide, p.sinks, opts.threads or default_threads()))
-    fp = rt.fingerprint(backend, p.ensemble)
-    if fp != p.fingerprint:
-        raise MismatchError(_fingerprint_message(p, fp))
+    rt, backend = _checked_backend(p, opts)
     decoder = Decoder(c.neural_payload, p.coded_vocab)
     types = None
     if p.alphabet is not None:
@@ -369,21 +377,71 @@ def _decode_neural(c: Container, p: hparams.NeuralParams, opts: Options) -> list
     return out
 
 
-def _fingerprint_message(p: hparams.NeuralParams, fp: str) -> str:
-    """Name what differs between the compressing and this backend, and what to do."""
+def _checked_backend(p: hparams.NeuralParams, opts: Options):
+    """The runtime and backend (None without an LLM) that reproduce the file's
+    fingerprint, checked before any decoding; else a MismatchError saying what differs.
+
+    A file that records its weight buffers gets exactly those. One written before nacz
+    recorded them used llama.cpp's default ("extra"): plain buffers are tried first (on
+    CPUs without AMX or repacked weights they compute the same logits, and they never
+    crash), then "extra" where that cannot crash (llama.allows)."""
+    if p.backend_name in (NO_BACKEND, backends.TORCH_NAME):
+        rt = _runtime_for(p, opts)
+        check_compatible(p, rt)
+        backend = None if p.backend_name == NO_BACKEND else backends.make(
+            rt, backends.TORCH, p.device["device"], p.window, p.slide, p.sinks,
+            opts.threads or default_threads())
+        fp = rt.fingerprint(backend, p.ensemble)
+        if fp != p.fingerprint:
+            raise MismatchError(_fingerprint_message(p, fp))
+        return rt, backend
+    legacy = p.weight_buffers is None
+    choices = (llama.WEIGHT_BUFFERS, llama.LEGACY_WEIGHT_BUFFERS) if legacy else (
+        p.weight_buffers,)
+    fp, refused = None, None
+    for wb in choices:
+        refused = llama.allows(wb, len(p.streams))
+        if refused:
+            continue
+        rt = _runtime_for(p, opts, wb)
+        check_compatible(p, rt)
+        backend = rt.backend(p.window, p.slide, p.sinks, opts.threads or default_threads())
+        fp = rt.fingerprint(backend, p.ensemble, legacy=legacy)
+        if fp == p.fingerprint:
+            return rt, backend
+    if fp is None:  # no choice could even be tried
+        raise MismatchError(f"cannot decode this file here: {refused}")
+    raise MismatchError(_fingerprint_message(p, fp, refused))
+
+
+def _fingerprint_message(p: hparams.NeuralParams, fp: str, refused: str | None = None) -> str:
+    """Name what plausibly differs between the compressing backend and this one (weight
+    buffers, llama-cpp-python version, SIMD level of the ggml build), and what to do."""
     if p.device:  # torch: the description matched (backends.check), the logits did not
         return (f"backend fingerprint mismatch (file {p.fingerprint[:12]}, here {fp[:12]}): "
                 f"same torch setup ({', '.join(f'{k} {v}' for k, v in p.device.items())}), "
                 "different logits; decompress where it was compressed")
-    here_version = llama.version()
     what = []
-    if p.backend_version != here_version:
-        what.append(f"llama-cpp-python {p.backend_version} vs {here_version} here")
-    theirs, ours = set(p.cpu.split(",")) - {""}, set(llama.cpu_features().split(",")) - {""}
-    if theirs != ours:
-        what.append("CPU features differ: " + ", ".join(
-            [f"+{f}" for f in sorted(theirs - ours)] + [f"-{f}" for f in sorted(ours - theirs)]))
-    reason = "; ".join(what) if what else "same version and CPU features, different build"
+    if p.backend_name != NO_BACKEND:
+        if p.weight_buffers is None:
+            what.append("the file was written by nacz 0.1 with llama.cpp's default weight "
+                        "buffers (AMX or CPU_REPACK where the CPU has them), whose logits "
+                        "this machine does not reproduce" + (f"; {refused}" if refused else ""))
+        elif p.weight_buffers != llama.WEIGHT_BUFFERS:
+            what.append(f"llama.cpp weight buffers {p.weight_buffers!r} in the file, "
+                        f"{llama.WEIGHT_BUFFERS!r} here")
+        here_version = llama.version()
+        if p.backend_version != here_version:
+            what.append(f"llama-cpp-python {p.backend_version} in the file, {here_version} here")
+        theirs, ours = llama.simd_level(p.cpu), llama.simd_level(llama.cpu_features())
+        if theirs != ours:
+            what.append(f"SIMD level of the ggml build: {theirs} in the file, {ours} here")
+        if not what:
+            what.append(f"same llama-cpp-python version, weight buffers and SIMD level "
+                        f"({ours}): the llama.cpp builds differ otherwise (compiler or build "
+                        "options, e.g. a portable build) or the CPU computes differently")
+    else:
+        what.append("this CPU's libm or numba computes the online models differently")
     return (f"backend fingerprint mismatch (file {p.fingerprint[:12]}, here {fp[:12]}): "
-            f"{reason}; decompress where it was compressed or with the same "
-            "llama-cpp-python build (see README: portable builds)")
+            f"{'; '.join(what)}; decompress with the llama-cpp-python build and kind of CPU "
+            "it was compressed with (see README: portability)")

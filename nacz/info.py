@@ -7,6 +7,7 @@ from collections import Counter
 from . import container
 from .container import KIND_NAMES, KIND_NEURAL, METHOD_NAMES
 from .errors import FormatError
+from .backends import llama
 from .params import parse
 
 
@@ -42,6 +43,10 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
                  ", ".join(f"{k} {v}" for k, v in p.device.items()))
         lines.append(f"  backend         {p.backend_name} ({built}), fingerprint "
                      f"{p.fingerprint[:16]}")
+        if p.backend_name not in ("none", "torch"):  # torch: the device line above
+            wb = p.weight_buffers or "not recorded (nacz 0.1: llama.cpp's default, extra)"
+            lines.append(f"                  weight buffers {wb}, SIMD level "
+                         f"{llama.simd_level(p.cpu)}")
         lines.append(f"  streams         {len(p.streams)} ({p.n_tokens} tokens, "
                      f"{8 * len(c.neural_payload) / max(1, p.n_tokens):.3f} bits per token)")
         if p.alphabet:
@@ -65,7 +70,6 @@ def describe_backends() -> str:
     from importlib.metadata import version
 
     from . import native, resources
-    from .backends import llama
 
     impl = native.ssm_impl()
     if impl == "c":
@@ -73,15 +77,23 @@ def describe_backends() -> str:
     else:
         why = "forced by NACZ_SSM_IMPL" if native.c_available() else "C library not built"
         ssm = f"numba {version('numba')} ({why})"
+    feats = llama.cpu_features()
     lines = ["backends",
              f"  llama.cpp       llama-cpp-python {llama.version()}",
-             f"  CPU features    {llama.cpu_features() or 'none reported'}",
+             f"  CPU features    {feats or 'none reported'} (SIMD level "
+             f"{llama.simd_level(feats)})",
+             f"  weight buffers  {llama.WEIGHT_BUFFERS}: llama.cpp's extra buffer types "
+             "(CPU_REPACK, AMX) off; AMX crashes multi-stream decode (llama.cpp issue 20824)"
+             + ("; this CPU has AMX" if llama.has_amx() else ""),
              f"  SSM kernels     {ssm}",
              f"  ensemble        numba {version('numba')}",
              f"  range coder     constriction {version('constriction')}"]
     try:
         model = resources.default_model_path()
         lines.append(f"  default model   {model}")
+        loaded = llama.LlamaModel(model)
+        lines.append(f"                  weights held in {', '.join(loaded.buffer_types)} "
+                     "(llama.cpp's report when loading it)")
     except Exception as e:  # noqa: BLE001 - report, not fail: info must work without it
         lines.append(f"  default model   unavailable: {e}")
     return "\n".join(lines)

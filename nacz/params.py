@@ -53,6 +53,9 @@ class NeuralParams:
     alphabet: int | None = None
     # The torch backend's description (versions, device, dtype: backends.describe), else None
     device: dict | None = None
+    # Which buffer types llama.cpp held the weights in (backends/llama.py WEIGHT_BUFFERS);
+    # None in files written before nacz recorded it: llama.cpp's default ("extra") then.
+    weight_buffers: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -62,7 +65,9 @@ class NeuralParams:
             "level": self.level,
             "backend": {"name": self.backend_name, "version": self.backend_version,
                         "fingerprint": self.fingerprint, "cpu": self.cpu,
-                        **({"device": self.device} if self.device else {})},
+                        **({"device": self.device} if self.device else {}),
+                        **({"weight_buffers": self.weight_buffers}
+                           if self.weight_buffers else {})},
             "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token,
                           **({"alphabet": self.alphabet} if self.alphabet else {})},
             "streams": list(self.streams),
@@ -122,7 +127,7 @@ def parse(d: dict) -> NeuralParams:
             raise FormatError(f"corrupt header (unknown model format {derived['format']!r})")
     b = d["backend"]
     b = _obj(b, "backend", {"name", "version", "fingerprint", "cpu"} | (
-        {"device"} if isinstance(b, dict) and "device" in b else set()))
+        {k for k in ("device", "weight_buffers") if isinstance(b, dict) and k in b}))
     device = None
     if "device" in b:
         device = b["device"]
@@ -165,4 +170,6 @@ def parse(d: dict) -> NeuralParams:
         alphabet=(_int(t["alphabet"], "alphabet", MIN_TYPES, vocab) if "alphabet" in t
                   else None),
         device=device,
+        weight_buffers=(_str(b["weight_buffers"], "weight_buffers", 32)
+                        if "weight_buffers" in b else None),
     )

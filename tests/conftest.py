@@ -11,6 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The test process loads llama.cpp itself: bound its OpenMP spinning as the CLI does, or
+# the CLI subprocesses that tests start would fight it for the cores.
+from nacz.backends.llama import bound_openmp_spinning  # noqa: E402
+
+bound_openmp_spinning()
+
 # English prose and source code shipped by the OS, with generated fallbacks.
 ENGLISH = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was "

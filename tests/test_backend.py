@@ -61,3 +61,24 @@ def test_fingerprint_differs_for_another_model(other_model):
 def test_cpu_features_are_reported():
     feats = llama.cpu_features()
     assert feats and "=" not in feats
+
+
+def test_importing_nacz_changes_no_environment():
+    import subprocess
+    import sys
+    code = ("import os; before = dict(os.environ); import nacz.codec, nacz.cli, "
+            "nacz.backends.llama; assert dict(os.environ) == before, 'environment changed'")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_entry_points_bound_openmp_spinning_unless_the_user_chose():
+    env: dict = {}
+    llama.bound_openmp_spinning(env)
+    assert env == {"GOMP_SPINCOUNT": llama.SPINCOUNT}
+    for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "7"}):
+        env = dict(mine)
+        llama.bound_openmp_spinning(env)
+        assert env == mine

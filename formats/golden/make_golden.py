@@ -42,6 +42,10 @@ def originals() -> dict[str, tuple[bytes, codec.Options]]:
         # LLM-free with its token alphabet (alphabet.py) and mixer preset 3
         "text-llm-free-alphabet": (word_salad(), codec.Options(model="none")),
         "hybrid": (PROSE + bytes(range(40)) + b"\xff\xfe" * 8 + PROSE[::-1], codec.Options()),
+        # nacz 0.2: the header records llama.cpp's weight buffers ("plain"), and the
+        # fingerprint covers them; two streams decode in one batch (the AMX crash's case)
+        "text-plain-buffers": (PROSE, codec.Options()),
+        "text-plain-buffers-2-streams": (PROSE * 2, codec.Options(streams=2)),
     }
 
 

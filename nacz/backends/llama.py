@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -23,20 +24,45 @@ from ..errors import NaczError
 # =ACTIVE, or libgomp's default of 300,000 spins) is catastrophic when another process wants
 # a core: 700 bytes took 130 s with 2 threads instead of 4 s. Never spinning (PASSIVE) costs
 # up to 3x when the machine is idle. A bounded spin measured best overall on 2 cores
-# (idle: 108 tok/s at 1 stream, 279 at 16; one busy neighbour: 45 and 101). The user's own
-# settings win; libgomp reads them when llama.cpp is loaded, hence before the import.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "30000"
+# (idle: 108 tok/s at 1 stream, 279 at 16; one busy neighbour: 45 and 101).
+SPINCOUNT = "30000"
+
+
+def bound_openmp_spinning(env=os.environ) -> None:
+    """Set a bounded OpenMP spin in ``env`` unless the user chose a wait policy. libgomp
+    reads it once, when llama.cpp is loaded, so process entry points (the CLI, worker
+    processes) call this before anything imports llama_cpp; importing nacz changes no
+    environment."""
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = SPINCOUNT
+
 
 NAME = "llama.cpp"
 FLASH_ATTN_DISABLED = 0  # fixed, not "auto": the choice changes logits
 PROBE_TEXT = b"nacz backend fingerprint: The quick brown fox jumps over the lazy dog. 0123456789"
+
+# Which buffer types llama.cpp may put the weights in. "plain": the CPU backend's own
+# buffers only (model params use_extra_bufts = False). "extra": llama.cpp's default, which
+# adds the CPU's "extra" buffer types: CPU_REPACK (weights re-laid for the SIMD kernels)
+# and, on Intel CPUs with AMX, the AMX buffer type. nacz writes "plain" only:
+# - the AMX path crashes (SIGSEGV in ggml_backend_amx_mul_mat) on any llama_decode with two
+#   or more sequences (llama.cpp issue 20824), and nacz decodes many streams at once;
+# - the buffer type changes logits (one stream, 3 KB of English: 0.6383 bits/byte with AMX
+#   + repack, 0.6369 without), so a file made on an AMX machine with it would decode only
+#   on AMX machines. With "plain", Intel AMX machines reproduce AMD AVX-512 logits;
+# - repack bought no speed for the models nacz runs here (bench/results/2026-12-04.md).
+# "extra" is kept only to decode files written before nacz recorded the choice (whose
+# header has no weight_buffers key), where that cannot crash (see allows()).
+WEIGHT_BUFFERS = "plain"
+LEGACY_WEIGHT_BUFFERS = "extra"
+WEIGHT_BUFFER_CHOICES = (WEIGHT_BUFFERS, LEGACY_WEIGHT_BUFFERS)
 
 _init_lock = threading.Lock()
 _initialised = False
 _verbose = 99  # lowest ggml log level shown (99: none)
 _last_shown = False
 _log_callback = None  # keep the ctypes callback alive for the process lifetime
+_captured: list[str] | None = None  # log text kept while a model loads (buffer types)
 
 
 def _lib():
@@ -68,6 +94,19 @@ def cpu_features() -> str:
     return ",".join(feats)
 
 
+# The widest SIMD instruction set a ggml build's kernels use, widest first: logits differ
+# between levels (a portable AVX2 build vs a native AVX-512 one), so a fingerprint
+# mismatch names it. Narrower extensions (AVX512_VNNI, AVX_VNNI, ...) are not named: an
+# Intel machine with AVX_VNNI reproduced an AMD machine's logits without it.
+SIMD_LEVELS = ("AVX512", "AVX2", "AVX", "SSSE3", "SSE3", "SVE", "NEON")
+
+
+def simd_level(features: str) -> str:
+    """The widest of SIMD_LEVELS in a comma-separated feature list (cpu_features())."""
+    have = set(features.split(","))
+    return next((lvl for lvl in SIMD_LEVELS if lvl in have), "none")
+
+
 # ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
 _LEVEL_SHOWN = {0: 99, 1: 3, 2: 1}
 
@@ -90,6 +129,8 @@ def _ensure_init() -> None:
             global _last_shown
             show = _last_shown if level == 5 else level >= _verbose
             _last_shown = show
+            if _captured is not None and text:
+                _captured.append(text.decode(errors="replace"))
             if show and text:
                 sys.stderr.write(text.decode(errors="replace"))
 
@@ -99,18 +140,54 @@ def _ensure_init() -> None:
         _initialised = True
 
 
-class LlamaModel:
-    """A loaded GGUF file: its vocabulary always, its weights unless ``vocab_only``."""
+def has_amx() -> bool:
+    """Whether llama.cpp sees AMX on this CPU (then its AMX weight buffers would be used
+    with ``extra`` buffers, and decoding two or more sequences would crash)."""
+    return any(f.startswith("AMX") for f in cpu_features().split(","))
 
-    def __init__(self, path: Path, vocab_only: bool = False):
+
+def allows(weight_buffers: str, n_streams: int) -> str | None:
+    """None if a model with these weight buffers can decode ``n_streams`` streams here,
+    else why not (one line)."""
+    if weight_buffers not in WEIGHT_BUFFER_CHOICES:
+        return f"unknown llama.cpp weight buffers {weight_buffers!r}"
+    if weight_buffers == LEGACY_WEIGHT_BUFFERS and n_streams > 1 and has_amx():
+        return ("it was written with llama.cpp's extra weight buffers, whose AMX path "
+                "crashes on this CPU with more than one stream (llama.cpp issue 20824)")
+    return None
+
+
+_BUFFER_LINE = re.compile(r"(\w+) model buffer size")
+
+
+class LlamaModel:
+    """A loaded GGUF file: its vocabulary always, its weights unless ``vocab_only``.
+    ``weight_buffers`` ("plain" or "extra", see WEIGHT_BUFFERS) says which buffer types
+    llama.cpp may hold the weights in; ``buffer_types`` lists the ones it reported using."""
+
+    def __init__(self, path: Path, vocab_only: bool = False,
+                 weight_buffers: str = WEIGHT_BUFFERS):
+        global _captured
         _ensure_init()
         lib = _lib()
+        if weight_buffers not in WEIGHT_BUFFER_CHOICES:
+            raise ValueError(f"weight_buffers must be one of {WEIGHT_BUFFER_CHOICES}")
         self.path = Path(path)
         self.vocab_only = vocab_only
+        self.weight_buffers = weight_buffers
         params = lib.llama_model_default_params()
         params.vocab_only = vocab_only
         params.n_gpu_layers = 0
-        self._model = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+        params.use_extra_bufts = weight_buffers == LEGACY_WEIGHT_BUFFERS
+        with _init_lock:
+            _captured = []
+            try:
+                self._model = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+            finally:
+                log, _captured = "".join(_captured), None
+        # e.g. "load_tensors:   CPU_Mapped model buffer size =    81.99 MiB" (the log of the
+        # load; "CPU_REPACK" or "AMX" appear there when those buffer types hold weights)
+        self.buffer_types = tuple(sorted(set(_BUFFER_LINE.findall(log))))
         if not self._model:
             raise NaczError(f"cannot load model {self.path} (not a GGUF file llama.cpp accepts)")
         self.vocab = lib.llama_model_get_vocab(self._model)
