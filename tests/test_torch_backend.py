@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from nacz import backends, codec, container  # noqa: E402
 from nacz.backends import llama  # noqa: E402
-from nacz.errors import MismatchError, NaczError  # noqa: E402
+from nacz.errors import FormatError, MismatchError, NaczError  # noqa: E402
 from nacz.resources import default_model_path  # noqa: E402
 
 from conftest import assert_one_line_error, os_text, run_nacz  # noqa: E402
@@ -126,7 +126,7 @@ def test_each_backend_refuses_the_others_files(files):
     other = dict(cpu, torch="0.0.1")
     with pytest.raises(MismatchError, match=r"torch 0\.0\.1 \(here"):
         codec.decompress(_retagged(files["torch"], backends.TORCH_NAME, other))
-    with pytest.raises(MismatchError, match="without its device description"):
+    with pytest.raises(FormatError, match="without its device description"):
         codec.decompress(_retagged(files["torch"], backends.TORCH_NAME, None))
 
 
@@ -192,7 +192,6 @@ def test_backend_choices_are_checked():
 
 def test_cuda_files_may_ask_for_more_streams_than_cpu_files(files):
     from nacz import params
-    from nacz.errors import FormatError
     d = copy.deepcopy(container.read(files["torch"]).params)
     d["streams"] = [4] * 1024  # 1,024 streams x window 64: more than llama.cpp's 256
     with pytest.raises(FormatError, match="stream table"):

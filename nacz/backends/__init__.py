@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import MismatchError, NaczError
+from ..errors import FormatError, MismatchError, NaczError
 
 LLAMA, TORCH = "llama", "torch"  # the --backend choices
 CHOICES = (LLAMA, TORCH)
@@ -94,12 +94,12 @@ def check(backend_name: str, device: dict | None) -> None:
 
     if backend_name in (llama.NAME, "none"):
         if device is not None:
-            raise MismatchError(f"corrupt header (device description on a {backend_name} file)")
+            raise FormatError(f"corrupt header (device description on a {backend_name} file)")
         return
     if backend_name != TORCH_NAME:
         raise MismatchError(f"file needs backend {backend_name!r}, which this nacz lacks")
     if not device:
-        raise MismatchError("corrupt header (a torch file without its device description)")
+        raise FormatError("corrupt header (a torch file without its device description)")
     try:
         tb = torch_module()
     except NaczError:
