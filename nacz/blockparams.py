@@ -65,7 +65,7 @@ def parse_shared(shared: dict) -> hparams.NeuralParams:
         raise FormatError("corrupt header (shared parameters)")
     probe_spec_of(shared)
     p = hparams.parse(merge(shared, {"streams": [1], "ensemble": {"kind": "llm"}}))
-    if p.backend_name != "none" and p.weight_buffers is None:
+    if p.backend_name == "llama.cpp" and p.weight_buffers is None:
         # Version 2 came after the weight buffers were recorded: none is no legacy file.
         raise FormatError("corrupt header (weight buffers not recorded)")
     return p

@@ -48,6 +48,8 @@ class Settings:
     ray_address: str | None = None
     block_size: int | None = None
     range: tuple[int, int | None] | None = None
+    backend: str | None = None
+    device: str | None = None
 
 
 def _err(msg: str) -> None:
@@ -109,6 +111,10 @@ def _options(s: Settings, progress=None):
         kw["level"] = s.level
     if s.block_size is not None:
         kw["block_size"] = s.block_size
+    if s.backend is not None:
+        kw["backend"] = s.backend
+    if s.device is not None:
+        kw["device"] = s.device
     return Options(**kw)
 
 
@@ -401,12 +407,19 @@ def _levels(f):
 @main.command()
 @_common
 @_levels
-@click.option("--streams", type=click.IntRange(1, 256), help="Expert: parallel token streams.")
+@click.option("--streams", type=click.IntRange(1, 4096),
+              help="Expert: parallel token streams (llama.cpp: at most 256).")
 @click.option("--window", type=click.IntRange(64, 32768), help="Expert: LLM context window.")
 @click.option("--block-size", metavar="SIZE", callback=_size_option,
               help="Bytes per independent block (K/M suffixes; default: the level's).")
+@click.option("--backend", type=click.Choice(["llama", "torch"]),
+              help="LLM backend: llama (llama.cpp, default) or torch (needs nacz[gpu]).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]),
+              help="Device of the torch backend (default cpu). Decompression needs the same.")
 def compress(files, **kw):
     """Compress FILES to FILE.nc. Levels -1 (fastest) ... -9 (best ratio); default -6."""
+    if kw.get("device") == "cuda" and kw.get("backend") != "torch":
+        raise click.UsageError("--device cuda needs --backend torch")
     return _process(files, _settings(kw), "compress")
 
 

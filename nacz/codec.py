@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 from . import alphabet, binary, container, engine, params as hparams
+from . import backends
 from .backends import llama
 from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
@@ -43,6 +44,8 @@ class Options:
     slide: int | None = None  # default: half the window
     sinks: int | None = None
     block_size: int | None = None  # format version 2; None: the level's default
+    backend: str = backends.LLAMA  # llama (llama.cpp) | torch (recorded in the header)
+    device: str = "cpu"  # cpu | cuda (torch only)
     progress: Progress | None = None
 
 
@@ -75,15 +78,15 @@ class Runtime:
     def fingerprint(self, backend, ensemble_spec: dict, legacy: bool = False) -> str:
         """Hash of the LLM's exact logits on a fixed probe (if there is an LLM) and of the
         probabilities an ensemble of the same kind computes over that probe: libm's exp and
-        log can differ between CPUs too. With an LLM it covers the weight-buffer choice
-        too, unless ``legacy`` (files from before that choice was recorded). Cached per
-        setup."""
-        key = (None if backend is None else (backend.window, backend.slide, backend.sinks,
-                                             backend.threads), probe_kind(ensemble_spec),
-               legacy)
+        log can differ between CPUs too. With llama.cpp it covers the weight-buffer choice
+        too, unless ``legacy`` (files from before that choice was recorded); with torch, the
+        backend's description (backends.fingerprint_salt). Cached per setup."""
+        key = (None if backend is None else backends.cache_key(backend),
+               probe_kind(ensemble_spec), legacy)
         if key not in self._fingerprints:
             h = hashlib.blake2b(digest_size=16)
-            if backend is not None and not legacy:
+            h.update(backends.fingerprint_salt(backend))
+            if backend is not None and backend.name == llama.NAME and not legacy:
                 h.update(f"llama.cpp weight buffers: {self.model.weight_buffers}\n".encode())
             logits = None if backend is None else backend.probe(self._probe)
             if logits is not None:
@@ -159,7 +162,8 @@ def build_encoder(plan: Plan, threads: int = 0) -> Coding:
     """The model and backend a plan needs (the model loaded once per process)."""
     rt, derived = resolve_runtime(plan.model, plan.model_format)
     backend = (None if plan.llm_free else
-               rt.backend(plan.window, plan.slide, plan.sinks, threads or default_threads()))
+               backends.make(rt, plan.backend, plan.device, plan.window, plan.slide,
+                             plan.sinks, threads or default_threads()))
     return Coding(rt, derived, backend, plan.llm_free)
 
 
@@ -172,10 +176,14 @@ def build_decoder(p: hparams.NeuralParams, opts: Options, probe: dict) -> Coding
     recorded them used llama.cpp's default ("extra"): plain buffers are tried first (on
     CPUs without AMX or repacked weights they compute the same logits, and they never
     crash), then "extra" where that cannot crash (llama.allows)."""
-    if p.backend_name == NO_BACKEND:
+    backends.check(p.backend_name, p.device)  # before loading anything
+    if p.backend_name in (NO_BACKEND, backends.TORCH_NAME):
         rt, derived = _runtime_for(p, opts)
         check_compatible(p, rt)
-        coding = Coding(rt, derived, None, True)
+        backend = None if p.backend_name == NO_BACKEND else backends.make(
+            rt, backends.TORCH, p.device["device"], p.window, p.slide, p.sinks,
+            opts.threads or default_threads())
+        coding = Coding(rt, derived, backend, backend is None)
         fp = coding.fingerprint(probe)
         if fp != p.fingerprint:
             raise MismatchError(_fingerprint_message(p, fp))
@@ -256,8 +264,9 @@ def encode_block(coding: Coding, plan: Plan, data: bytes,
         model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
         model_derived=coding.derived, level=plan.level,
         backend_name=NO_BACKEND if plan.llm_free else backend.name,
-        backend_version=llama.version(),
-        weight_buffers=None if plan.llm_free else rt.model.weight_buffers,
+        backend_version=backends.version(backend), device=backends.describe(backend),
+        weight_buffers=(None if plan.llm_free or backend.name != llama.NAME
+                        else rt.model.weight_buffers),
         fingerprint=fingerprint or coding.fingerprint(spec), cpu=llama.cpu_features(),
         vocab_size=rt.model.vocab_size, start_token=rt.model.start_token,
         streams=tuple(lengths), window=plan.window, slide=plan.slide, sinks=plan.sinks,
@@ -291,7 +300,8 @@ def encode_block(coding: Coding, plan: Plan, data: bytes,
 # -- compression (format version 1: the whole input as one block) -----------------------
 def plan_for(opts: Options, block_size: int | None = None) -> Plan:
     return make_plan(opts.model, opts.level, opts.streams, opts.window, opts.slide,
-                     opts.sinks, block_size if block_size is not None else opts.block_size)
+                     opts.sinks, block_size if block_size is not None else opts.block_size,
+                     backend=opts.backend, device=opts.device)
 
 
 def compress(data: bytes, options: Options | None = None) -> bytes:
@@ -423,8 +433,7 @@ def check_compatible(p: hparams.NeuralParams, rt: Runtime) -> None:
             f"file was compressed with model {p.model_name} (sha256 {p.model_sha256[:12]}…) "
             f"but {rt.path.name} (sha256 {rt.sha256[:12]}…) is in use; "
             "pass that model with --model or NACZ_MODEL")
-    if p.backend_name not in (llama.NAME, NO_BACKEND):
-        raise MismatchError(f"file needs backend {p.backend_name!r}, which this nacz lacks")
+    backends.check(p.backend_name, p.device)
     if p.vocab_size != rt.model.vocab_size or p.start_token != rt.model.start_token:
         raise MismatchError("file's tokenizer parameters do not match the model")
     if p.coder != CODER_SPEC:
@@ -458,6 +467,10 @@ def _decode_neural(coding: Coding, p: hparams.NeuralParams, c: Container,
 def _fingerprint_message(p: hparams.NeuralParams, fp: str, refused: str | None = None) -> str:
     """Name what plausibly differs between the compressing backend and this one (weight
     buffers, llama-cpp-python version, SIMD level of the ggml build), and what to do."""
+    if p.device:  # torch: the description matched (backends.check), the logits did not
+        return (f"backend fingerprint mismatch (file {p.fingerprint[:12]}, here {fp[:12]}): "
+                f"same torch setup ({', '.join(f'{k} {v}' for k, v in p.device.items())}), "
+                "different logits; decompress where it was compressed")
     what = []
     if p.backend_name != NO_BACKEND:
         if p.weight_buffers is None:

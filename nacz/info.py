@@ -41,9 +41,11 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
         if p.model_derived:
             lines.append(f"                  {p.model_derived['format']}, derived from sha256 "
                          f"{p.model_derived['from'][:16]}")
-        lines.append(f"  backend         {p.backend_name} (llama-cpp-python {p.backend_version}),"
-                     f" fingerprint {p.fingerprint[:16]}")
-        if p.backend_name != "none":
+        built = (f"llama-cpp-python {p.backend_version}" if not p.device else
+                 ", ".join(f"{k} {v}" for k, v in p.device.items()))
+        lines.append(f"  backend         {p.backend_name} ({built}), fingerprint "
+                     f"{p.fingerprint[:16]}")
+        if p.backend_name not in ("none", "torch"):  # torch: the device line above
             wb = p.weight_buffers or "not recorded (nacz 0.1: llama.cpp's default, extra)"
             lines.append(f"                  weight buffers {wb}, SIMD level "
                          f"{llama.simd_level(p.cpu)}")

@@ -18,6 +18,16 @@ MIN_WINDOW, MAX_WINDOW = 16, 1 << 15
 # KV cells over all streams (~23 KB each for SmolLM2): bounds what a header can make us
 # allocate (65,536 cells is ~1.5 GB); every level stays far below it.
 MAX_KV_CELLS = 1 << 16
+# The torch backend on a GPU fills it with many more streams per step. Its float32 KV
+# cache takes ~46 KB per cell for SmolLM2: 2^21 cells are ~96 GB, one H200's worth.
+MAX_STREAMS_CUDA, MAX_KV_CELLS_CUDA = 4096, 1 << 21
+
+
+def limits(device: dict | None) -> tuple[int, int]:
+    """(streams, KV cells) a file may ask for: more for the torch backend on CUDA."""
+    if device and device.get("device") == "cuda":
+        return MAX_STREAMS_CUDA, MAX_KV_CELLS_CUDA
+    return MAX_STREAMS, MAX_KV_CELLS
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class NeuralParams:
     # LLM-free segments: the number of token types that occur, or None (the whole
     # vocabulary). The types themselves open the neural payload (alphabet.py).
     alphabet: int | None = None
+    # The torch backend's description (versions, device, dtype: backends.describe), else None
+    device: dict | None = None
     # Which buffer types llama.cpp held the weights in (backends/llama.py WEIGHT_BUFFERS);
     # None in files written before nacz recorded it: llama.cpp's default ("extra") then.
     weight_buffers: str | None = None
@@ -54,6 +66,7 @@ class NeuralParams:
             "level": self.level,
             "backend": {"name": self.backend_name, "version": self.backend_version,
                         "fingerprint": self.fingerprint, "cpu": self.cpu,
+                        **({"device": self.device} if self.device else {}),
                         **({"weight_buffers": self.weight_buffers}
                            if self.weight_buffers else {})},
             "tokenizer": {"vocab_size": self.vocab_size, "start_token": self.start_token,
@@ -89,20 +102,28 @@ def parse(d: dict) -> NeuralParams:
             raise check.error(f"unknown model format {derived['format']!r}")
     b = d["backend"]
     b = check.obj(b, "backend", {"name", "version", "fingerprint", "cpu"} | (
-        {"weight_buffers"} if isinstance(b, dict) and "weight_buffers" in b else set()))
+        {k for k in ("device", "weight_buffers") if isinstance(b, dict) and k in b}))
+    device = None
+    if "device" in b:
+        device = b["device"]
+        if not isinstance(device, dict) or not 0 < len(device) <= 16 or not all(
+                isinstance(k, str) and len(k) <= 32 for k in device):
+            raise check.error("bad backend device")
+        device = {k: check.text(v, "backend device") for k, v in device.items()}
     t = d["tokenizer"]
     t = check.obj(t, "tokenizer", {"vocab_size", "start_token"} | (
         {"alphabet"} if isinstance(t, dict) and "alphabet" in t else set()))
     c = check.obj(d["context"], "context", {"window", "slide", "sinks"})
     streams = d["streams"]
-    if not isinstance(streams, list) or not 1 <= len(streams) <= MAX_STREAMS:
+    max_streams, max_cells = limits(device)
+    if not isinstance(streams, list) or not 1 <= len(streams) <= max_streams:
         raise check.error("bad stream table")
     streams = tuple(check.integer(s, "streams", 1, 1 << 48) for s in streams)
     if any(a < b for a, b in zip(streams, streams[1:])):
         raise check.error("stream lengths not in order")
     vocab = check.integer(t["vocab_size"], "vocab_size", 2, 1 << 24)
     window = check.integer(c["window"], "window", MIN_WINDOW, MAX_WINDOW)
-    if len(streams) * window > MAX_KV_CELLS:
+    if len(streams) * window > max_cells:
         raise check.error("streams x window exceeds the KV cache limit")
     sinks = check.integer(c["sinks"], "sinks", 1, window // 2)
     slide = check.integer(c["slide"], "slide", 1, window - sinks - 1)
@@ -123,6 +144,7 @@ def parse(d: dict) -> NeuralParams:
         ensemble=d["ensemble"], coder=d["coder"],
         alphabet=(check.integer(t["alphabet"], "alphabet", MIN_TYPES, vocab) if "alphabet" in t
                   else None),
+        device=device,
         weight_buffers=(check.text(b["weight_buffers"], "weight_buffers", 32)
                         if "weight_buffers" in b else None),
     )

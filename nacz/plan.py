@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from . import engine, params as hparams
+from .backends import LLAMA, TORCH, require
 from .errors import NaczError
 from .models.ensemble import default_spec
 from .presets import (FASTEST_LLM_LEVEL, LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, Preset,
@@ -46,6 +47,8 @@ class Plan:
     slide: int
     sinks: int
     block_size: int
+    backend: str = LLAMA  # backends.CHOICES
+    device: str = "cpu"  # backends.DEVICES
 
     @property
     def level(self) -> int:
@@ -58,10 +61,12 @@ class Plan:
     def stream_lengths(self, n_tokens: int) -> list[int]:
         """The block's streams: from its token count and the level, never the machine."""
         n = self.streams if self.streams else self.preset.streams_for(n_tokens)
-        lengths = engine.split_streams(n_tokens, min(n, hparams.MAX_STREAMS))
-        if len(lengths) * self.window > hparams.MAX_KV_CELLS:
+        max_streams, max_cells = hparams.limits(
+            {"device": self.device} if self.backend == TORCH else None)
+        lengths = engine.split_streams(n_tokens, min(n, max_streams))
+        if len(lengths) * self.window > max_cells:
             raise NaczError(f"{len(lengths)} streams x window {self.window} exceed the KV "
-                            f"cache limit of {hparams.MAX_KV_CELLS} cells; use fewer streams "
+                            f"cache limit of {max_cells} cells; use fewer streams "
                             "or a smaller window")
         return lengths
 
@@ -85,9 +90,13 @@ class Plan:
 
 def make_plan(model=None, level: int | None = None, streams: int | None = None,
               window: int | None = None, slide: int | None = None, sinks: int | None = None,
-              block_size: int | None = None) -> Plan:
+              block_size: int | None = None, backend: str = LLAMA, device: str = "cpu") -> Plan:
+    require(backend, device)  # before any work: a missing torch or CUDA is one line
     pre = preset(level)
-    llm_free = is_llm_free(model) or (pre.model_format == LLM_FREE and not model)
+    llm_free = is_llm_free(model) or (pre.model_format == LLM_FREE and not model
+                                      and backend == LLAMA)
+    if llm_free and backend != LLAMA:
+        raise NaczError(f"--backend {backend} needs an LLM (not --model none)")
     if llm_free and pre.model_format != LLM_FREE:
         pre = preset(LLM_FREE_LEVEL)  # --model none: the LLM-free level's settings
     elif not llm_free and pre.model_format == LLM_FREE:
@@ -105,4 +114,4 @@ def make_plan(model=None, level: int | None = None, streams: int | None = None,
         raise NaczError(f"block size must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} "
                         "bytes")
     return Plan(pre, llm_free, LLM_FREE if llm_free else model, streams, win, sl, sk,
-                block_size)
+                block_size, backend, device)

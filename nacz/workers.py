@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
-from . import blockparams, codec, container
+from . import backends, blockparams, codec, container
 from .blockfile import write_block
 from .container import Container
 from .errors import IntegrityError, MismatchError, NaczError
@@ -59,8 +59,10 @@ class Worker:
             model_name=rt.path.name, model_sha256=rt.sha256, model_size=rt.size,
             model_derived=coding.derived, level=plan.level,
             backend_name=codec.NO_BACKEND if plan.llm_free else coding.backend.name,
-            backend_version=codec.llama.version(),
-            weight_buffers=None if plan.llm_free else rt.model.weight_buffers, fingerprint=fp,
+            backend_version=backends.version(coding.backend),
+            device=backends.describe(coding.backend),
+            weight_buffers=(None if plan.llm_free or coding.backend.name != codec.llama.NAME
+                            else rt.model.weight_buffers), fingerprint=fp,
             cpu=codec.llama.cpu_features(), vocab_size=rt.model.vocab_size,
             start_token=rt.model.start_token, streams=(1,), window=plan.window,
             slide=plan.slide, sinks=plan.sinks, ensemble=probe, coder=dict(codec.CODER_SPEC))
