@@ -36,19 +36,7 @@ def describe(name: str, data: bytes, verbose: bool = False) -> str:
             p = parse(c.params)
         except FormatError as e:
             raise FormatError(f"{e} in neural parameters") from None
-        lines.append(f"  level           {p.level}")
-        lines.append(f"  model           {p.model_name} (sha256 {p.model_sha256[:16]})")
-        if p.model_derived:
-            lines.append(f"                  {p.model_derived['format']}, derived from sha256 "
-                         f"{p.model_derived['from'][:16]}")
-        built = (f"llama-cpp-python {p.backend_version}" if not p.device else
-                 ", ".join(f"{k} {v}" for k, v in p.device.items()))
-        lines.append(f"  backend         {p.backend_name} ({built}), fingerprint "
-                     f"{p.fingerprint[:16]}")
-        if p.backend_name not in ("none", "torch"):  # torch: the device line above
-            wb = p.weight_buffers or "not recorded (nacz 0.1: llama.cpp's default, extra)"
-            lines.append(f"                  weight buffers {wb}, SIMD level "
-                         f"{llama.simd_level(p.cpu)}")
+        lines += _model_and_backend(p)
         lines.append(f"  streams         {len(p.streams)} ({p.n_tokens} tokens, "
                      f"{8 * len(c.neural_payload) / max(1, p.n_tokens):.3f} bits per token)")
         if p.alphabet:
@@ -151,16 +139,7 @@ def describe_blocks(name: str, data: bytes, verbose: bool = False) -> str:
             p = blockparams.parse_shared(header.params)
         except FormatError as e:
             raise FormatError(f"{e} in neural parameters") from None
-        lines.append(f"  level           {p.level}")
-        lines.append(f"  model           {p.model_name} (sha256 {p.model_sha256[:16]})")
-        if p.model_derived:
-            lines.append(f"                  {p.model_derived['format']}, derived from sha256 "
-                         f"{p.model_derived['from'][:16]}")
-        lines.append(f"  backend         {p.backend_name} (llama-cpp-python {p.backend_version}),"
-                     f" fingerprint {p.fingerprint[:16]}")
-        if p.backend_name != "none":
-            lines.append(f"                  weight buffers {p.weight_buffers}, SIMD level "
-                         f"{llama.simd_level(p.cpu)}")
+        lines += _model_and_backend(p)
         neural_bytes = sum(len(c.neural_payload) for _, c in blocks)
         lines.append(f"  streams         up to {streams} per block ({tokens} tokens, "
                      f"{8 * neural_bytes / max(1, tokens):.3f} bits per token)")
@@ -177,3 +156,21 @@ def describe_blocks(name: str, data: bytes, verbose: bool = False) -> str:
                          f"{e.comp_size} at offset {e.offset} "
                          f"({8 * e.comp_size / e.orig_size:.3f} bits/byte; {what}{extra})")
     return "\n".join(lines)
+
+
+def _model_and_backend(p) -> list[str]:
+    """The level, model and backend lines of a file's neural settings (any version)."""
+    lines = [f"  level           {p.level}",
+             f"  model           {p.model_name} (sha256 {p.model_sha256[:16]})"]
+    if p.model_derived:
+        lines.append(f"                  {p.model_derived['format']}, derived from sha256 "
+                     f"{p.model_derived['from'][:16]}")
+    built = (f"llama-cpp-python {p.backend_version}" if not p.device else
+             ", ".join(f"{k} {v}" for k, v in p.device.items()))
+    lines.append(f"  backend         {p.backend_name} ({built}), fingerprint "
+                 f"{p.fingerprint[:16]}")
+    if p.backend_name not in ("none", "torch"):  # torch: its description is above
+        wb = p.weight_buffers or "not recorded (nacz 0.1: llama.cpp's default, extra)"
+        lines.append(f"                  weight buffers {wb}, SIMD level "
+                     f"{llama.simd_level(p.cpu)}")
+    return lines

@@ -50,7 +50,9 @@ FLASH_ATTN_DISABLED = 0  # fixed, not "auto": the choice changes logits
 # - the buffer type changes logits (one stream, 3 KB of English: 0.6383 bits/byte with AMX
 #   + repack, 0.6369 without), so a file made on an AMX machine with it would decode only
 #   on AMX machines. With "plain", Intel AMX machines reproduce AMD AVX-512 logits;
-# - repack bought no speed for the models nacz runs here (bench/results/2026-12-04.md).
+# - on x86 llama.cpp repacks neither model nacz runs (shipped Q4_1, derived Q8_0): with
+#   extra buffers they still load into CPU_Mapped, with the same logits, so keeping
+#   CPU_REPACK would only matter for other models (bench/results/2026-12-04.md).
 # "extra" is kept only to decode files written before nacz recorded the choice (whose
 # header has no weight_buffers key), where that cannot crash (see allows()).
 WEIGHT_BUFFERS = "plain"
