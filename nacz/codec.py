@@ -344,9 +344,7 @@ def decompress(data: bytes, options: Options | None = None) -> bytes:
     if c.params is not None:
         p = hparams.parse(c.params)
         check_block(p, c)
-        ensemble = make_ensemble(p.ensemble, p.coded_vocab)
-        if (p.backend_name == NO_BACKEND) == ensemble.uses_llm:
-            raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
+        ensemble = _ensemble_for(p, llm_free=p.backend_name == NO_BACKEND)
         coding = build_decoder(p, opts, p.ensemble)
     out = decode_block(coding, p, c, opts.progress, ensemble)
     if len(out) != c.orig_len or container.checksum(out) != c.checksum:
@@ -367,12 +365,16 @@ def check_block(p: hparams.NeuralParams, c: Container) -> None:
         raise FormatError("corrupt header (a token alphabet needs the LLM-free mode)")
 
 
-def check_ensemble(coding: Coding, p: hparams.NeuralParams):
+def _ensemble_for(p: hparams.NeuralParams, llm_free: bool):
     """The block's ensemble, built from its spec (an unknown one is a format error)."""
     ensemble = make_ensemble(p.ensemble, p.coded_vocab)
-    if coding.llm_free == ensemble.uses_llm:
+    if llm_free == ensemble.uses_llm:
         raise FormatError("corrupt header (backend and ensemble disagree about the LLM)")
     return ensemble
+
+
+def check_ensemble(coding: Coding, p: hparams.NeuralParams):
+    return _ensemble_for(p, coding.llm_free)
 
 
 def decode_block(coding: Coding | None, p: hparams.NeuralParams | None, c: Container,
