@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import container
-from .container import (CHECKSUM_SIZE, DIGEST_SIZE, KIND_BINARY, KIND_NAMES, KIND_NEURAL,
-                        KNOWN_FLAGS, FLAG_BINARY, FLAG_NEURAL, MAGIC, MAX_ORIGINAL_SIZE,
-                        MAX_PARAMS_SIZE, METHOD_NAMES, METHOD_STORED, Container, Segment,
-                        uvarint)
+from .container import (CHECKSUM_SIZE, KNOWN_FLAGS, MAGIC, MAX_ORIGINAL_SIZE,
+                        MAX_PARAMS_SIZE, METHOD_STORED, Container, uvarint)
 from .errors import FormatError
 from .plan import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
@@ -167,35 +165,15 @@ def _read_block(src: Source, block_size: int) -> Container:
     plen = src.uvarint("parameter block size", MAX_PARAMS_SIZE)
     params_raw = src.take(plen, "parameters")
     # Every segment covers at least one byte: at most orig_len of them.
-    nseg = src.uvarint("segment count", orig_len)
-    segments = []
-    for _ in range(nseg):
-        kind = src.byte("segment table")
-        if kind not in KIND_NAMES:
-            raise FormatError(f"corrupt header (unknown segment kind {kind})")
-        slen = src.uvarint("segment size", orig_len)
-        tokens = src.uvarint("token count", slen) if kind == KIND_NEURAL else 0
-        segments.append(Segment(kind, slen, tokens, src.take(DIGEST_SIZE, "segment table")))
-    has_binary = any(s.kind == KIND_BINARY for s in segments)
-    has_neural = any(s.kind == KIND_NEURAL for s in segments)
-    if bool(flags & FLAG_BINARY) != has_binary or bool(flags & FLAG_NEURAL) != has_neural:
-        raise FormatError("corrupt header (flags disagree with the segment table)")
-    method, binary_size, neural_size = METHOD_STORED, 0, 0
-    limit = orig_len + PAYLOAD_SLACK
-    if has_binary:
-        method = src.byte("binary method")
-        if method not in METHOD_NAMES:
-            raise FormatError(f"corrupt header (unknown binary method {method})")
-        binary_size = src.uvarint("binary payload size", limit)
-    if has_neural:
-        neural_size = src.uvarint("neural payload size", limit)
+    segments, method, binary_size, neural_size = container.read_segment_table(
+        src, flags, orig_len, orig_len, orig_len + PAYLOAD_SLACK)
     src.check_crc("block header")
     params = container.unpack_params(params_raw) if plen else None
     # Invariants that need no payload first, so a lying header costs no payload read.
     c = Container(orig_len, csum, segments, method, b"", params, b"", VERSION)
     if orig_len == 0:
         raise FormatError("corrupt header (empty block)")
-    if method == METHOD_STORED and has_binary and binary_size != c.binary_len:
+    if method == METHOD_STORED and c.has_binary and binary_size != c.binary_len:
         raise FormatError("corrupt header (stored binary size)")
     src.crc = 0
     c.binary_payload = src.take(binary_size, "binary payload")

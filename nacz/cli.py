@@ -103,18 +103,9 @@ def _options(s: Settings, progress=None):
     from .codec import Options
 
     kw = {"model": s.model, "threads": s.threads, "progress": progress}
-    if s.streams is not None:
-        kw["streams"] = s.streams
-    if s.window is not None:
-        kw["window"] = s.window
-    if s.level is not None:
-        kw["level"] = s.level
-    if s.block_size is not None:
-        kw["block_size"] = s.block_size
-    if s.backend is not None:
-        kw["backend"] = s.backend
-    if s.device is not None:
-        kw["device"] = s.device
+    for name in ("streams", "window", "level", "block_size", "backend", "device"):
+        if getattr(s, name) is not None:  # unset: the library's default
+            kw[name] = getattr(s, name)
     return Options(**kw)
 
 

@@ -208,6 +208,35 @@ class _Reader:
         return value
 
 
+def read_segment_table(r: _Reader, flags: int, max_count: int, max_size: int,
+                       max_payload: int) -> tuple[list[Segment], int, int, int]:
+    """The segment table and the payload fields after it (format version 1's header and
+    version 2's blocks alike): (segments, binary method, binary size, neural size).
+    ``max_count``, ``max_size`` and ``max_payload`` bound what a lying header can claim."""
+    nseg = r.uvarint("segment count", max_count)
+    segments = []
+    for _ in range(nseg):
+        kind = r.byte("segment table")
+        if kind not in KIND_NAMES:
+            raise FormatError(f"corrupt header (unknown segment kind {kind})")
+        slen = r.uvarint("segment size", max_size)
+        tokens = r.uvarint("token count", slen) if kind == KIND_NEURAL else 0
+        segments.append(Segment(kind, slen, tokens, r.take(DIGEST_SIZE, "segment table")))
+    has_binary = any(s.kind == KIND_BINARY for s in segments)
+    has_neural = any(s.kind == KIND_NEURAL for s in segments)
+    if bool(flags & FLAG_BINARY) != has_binary or bool(flags & FLAG_NEURAL) != has_neural:
+        raise FormatError("corrupt header (flags disagree with the segment table)")
+    method, binary_size, neural_size = METHOD_STORED, 0, 0
+    if has_binary:
+        method = r.byte("binary method")
+        if method not in METHOD_NAMES:
+            raise FormatError(f"corrupt header (unknown binary method {method})")
+        binary_size = r.uvarint("binary payload size", max_payload)
+    if has_neural:
+        neural_size = r.uvarint("neural payload size", max_payload)
+    return segments, method, binary_size, neural_size
+
+
 def read(data: bytes) -> Container:
     """Parse and validate a container. Raises FormatError with a one-line reason."""
     if data[:4] != MAGIC:
@@ -228,27 +257,8 @@ def read(data: bytes) -> Container:
     plen = r.uvarint("parameter block size", MAX_PARAMS_SIZE)
     params_raw = r.take(plen, "parameters")
     # Each entry takes at least 1 + 1 + DIGEST_SIZE bytes: bound the count by what is there.
-    nseg = r.uvarint("segment count", (len(data) - r.pos) // (2 + DIGEST_SIZE))
-    segments = []
-    for _ in range(nseg):
-        kind = r.byte("segment table")
-        if kind not in KIND_NAMES:
-            raise FormatError(f"corrupt header (unknown segment kind {kind})")
-        slen = r.uvarint("segment size", MAX_ORIGINAL_SIZE)
-        tokens = r.uvarint("token count", slen) if kind == KIND_NEURAL else 0
-        segments.append(Segment(kind, slen, tokens, r.take(DIGEST_SIZE, "segment table")))
-    has_binary = any(s.kind == KIND_BINARY for s in segments)
-    has_neural = any(s.kind == KIND_NEURAL for s in segments)
-    if bool(flags & FLAG_BINARY) != has_binary or bool(flags & FLAG_NEURAL) != has_neural:
-        raise FormatError("corrupt header (flags disagree with the segment table)")
-    method, binary_size, neural_size = METHOD_STORED, 0, 0
-    if has_binary:
-        method = r.byte("binary method")
-        if method not in METHOD_NAMES:
-            raise FormatError(f"corrupt header (unknown binary method {method})")
-        binary_size = r.uvarint("binary payload size", len(data))
-    if has_neural:
-        neural_size = r.uvarint("neural payload size", len(data))
+    segments, method, binary_size, neural_size = read_segment_table(
+        r, flags, (len(data) - r.pos) // (2 + DIGEST_SIZE), MAX_ORIGINAL_SIZE, len(data))
     (crc,) = _U32.unpack(r.take(4, "header checksum"))
     if crc != zlib.crc32(data[:r.pos - 4]):
         raise FormatError("corrupt header (header checksum mismatch)")
