@@ -14,11 +14,17 @@ from dataclasses import dataclass
 # Text: tab, LF, CR, printable ASCII, and UTF-8 sequences of code points below U+40000,
 # excluding C1 controls (U+0080..U+009F). C0 controls, DEL, invalid UTF-8 and planes 4+
 # are binary (several C0 controls and the high planes do not survive the tokenizer).
-_TEXT_RUN = re.compile(
+_TEXT_CHAR = (
     rb"(?:[\t\n\r\x20-\x7e]"
     rb"|\xc2[\xa0-\xbf]|[\xc3-\xdf][\x80-\xbf]"
     rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
-    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2})+")
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2})")
+# At most _PIECE characters per match: Python's re keeps backtracking state for every
+# repetition of a group, ~70 bytes per character (1.1 GB for one 16 MiB run of text), so
+# runs are matched in bounded pieces and abutting pieces joined (_text_runs). The
+# alternatives are told apart by their first byte, so the pieces join to the same runs.
+_PIECE = 1 << 12
+_TEXT_PIECE = re.compile(_TEXT_CHAR + rb"{1,%d}" % _PIECE)
 
 MIN_TEXT_RUN = 256  # shorter text runs are not worth a segment (and an LLM start) of their own
 
@@ -33,17 +39,30 @@ class Region:
         return self.end - self.start
 
 
+def _text_runs(data: bytes):
+    """(start, end) of each maximal run of text characters, in order."""
+    start = end = -1
+    for m in _TEXT_PIECE.finditer(data):
+        if m.start() != end:
+            if end >= 0:
+                yield start, end
+            start = m.start()
+        end = m.end()
+    if end >= 0:
+        yield start, end
+
+
 def split_regions(data: bytes, min_text: int = MIN_TEXT_RUN) -> list[Region]:
     """Cover ``data`` with alternating text/binary regions, in order, without gaps."""
     regions: list[Region] = []
     pos = 0
-    for m in _TEXT_RUN.finditer(data):
-        if m.end() - m.start() < min_text:
+    for start, end in _text_runs(data):
+        if end - start < min_text:
             continue
-        if m.start() > pos:
-            regions.append(Region(pos, m.start(), False))
-        regions.append(Region(m.start(), m.end(), True))
-        pos = m.end()
+        if start > pos:
+            regions.append(Region(pos, start, False))
+        regions.append(Region(start, end, True))
+        pos = end
     if pos < len(data):
         regions.append(Region(pos, len(data), False))
     return regions
@@ -62,5 +81,5 @@ def merge_adjacent(regions: list[Region]) -> list[Region]:
 
 def is_text_safe(data: bytes) -> bool:
     """True if every byte of ``data`` may be handed to the tokenizer."""
-    m = _TEXT_RUN.fullmatch(data)
-    return m is not None
+    runs = _text_runs(data)
+    return next(runs, None) == (0, len(data))
