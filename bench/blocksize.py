@@ -1,6 +1,7 @@
 """Bits per byte against block size (format version 2): what independent blocks cost.
 
-Usage: python bench/blocksize.py LEVEL SIZE BLOCK_SIZES... [--inputs english,source,log]
+Usage: python bench/blocksize.py LEVEL SIZE BLOCK_SIZES... [--inputs english,source,log] [-j N]
+  (inputs: english, source, log, mixed (vim help + stdlib, for 10 MB), wiki)
 
 Compresses SIZE bytes of each input (made here, from OS files, like bench/inputs.py) as a
 version-2 file with each block size, checks the round trip of the first run, and prints one
@@ -35,7 +36,19 @@ def source(n: int) -> bytes:
     return bytes(out[:n])
 
 
-MAKERS = {"english": english, "source": source, "log": json_log}
+def mixed(n: int) -> bytes:
+    """Text of more than one kind, large enough for 10 MB: vim's help, then the stdlib."""
+    half = min(n // 2, 6 << 20)
+    return (english(half) + source(n - half))[:n]
+
+
+def wiki(n: int) -> bytes:
+    from wiki import make
+    return make(n)
+
+
+MAKERS = {"english": english, "source": source, "log": json_log, "mixed": mixed,
+          "wiki": wiki}
 
 
 def main() -> None:
@@ -44,6 +57,8 @@ def main() -> None:
     ap.add_argument("size")
     ap.add_argument("block_sizes", nargs="+")
     ap.add_argument("--inputs", default="english,source,log")
+    ap.add_argument("-j", "--jobs", type=int, default=1,
+                    help="worker processes (the bytes do not depend on it; only the time)")
     args = ap.parse_args()
     size = parse_size(args.size)
     sizes = [parse_size(b) for b in args.block_sizes]
@@ -52,7 +67,8 @@ def main() -> None:
         results = {}
         for bs in sizes:
             t = time.monotonic()
-            out = stream.compress_bytes(data, codec.Options(level=args.level, block_size=bs))
+            out = stream.compress_bytes(data, codec.Options(level=args.level, block_size=bs),
+                                        stream.Parallel(jobs=args.jobs))
             secs = time.monotonic() - t
             results[bs] = len(out)
             blocks = -(-len(data) // bs)
