@@ -3,7 +3,8 @@
 Usage: python bench/ablation.py [--bytes N] [--streams S] [FILE...]
 
 One LLM pass per input feeds the same logits to every variant (LLM only, + n-grams,
-+ match, + bias head, + skip, + SSM), so the variants differ only in their ensemble.
++ match, + bias head, + skip, + SSM; + SSE, the default ensemble with sse.py instead of
+the SSM), so the variants differ only in their ensemble.
 The LLM-free row is the real ``-1`` compressor on the same bytes (one stream, token
 alphabet): its size is the file's, its time the whole in-process compress. Sizes are the ideal code length Σ -log2 p(token) (the range coder adds a few
 bytes per file); "LLM rows" is how many rows each variant asks the LLM for (the skip
@@ -50,6 +51,7 @@ def variants(n_tokens: int) -> dict[str, dict]:
         "+ bias head (full mixer)": mix(skip=False),
         "+ skip (default, -2 ... -6)": E.default_spec(n_tokens),
         "+ SSM (full ensemble)": E.default_spec(n_tokens, with_ssm=True),
+        "+ SSE, no SSM (preset 4)": E.default_spec(n_tokens, preset=4),
     }
 
 

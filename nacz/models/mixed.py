@@ -9,7 +9,7 @@ its place, and the match's own learned split (which carries them).
 
 Parts: ngram.py (shared sparse count tables), match.py (shared-history match model and
 its split maps), bias.py (bias head and unigram counts), mixer.py (weights, contexts and
-the passes over V). Any part but the mixer can be switched off (``null`` in the spec).
+the passes over V), sse.py (optional: secondary estimation of the LLM's top token). Any part but the mixer can be switched off (``null`` in the spec).
 mixed_spec.py holds the spec and its presets, mixed_kernels.py the two fused kernels
 (``predict_rows``, ``update_rows``) and the named state records they take; this file
 the class that owns the state and calls them.
@@ -36,12 +36,13 @@ from . import ngram as ngram_mod  # noqa: F401  (the part modules, as before the
 from .bias import BiasHead
 from .match import MatchModel
 from .mixed_kernels import (BiasState, MatchState, MixerState, NgramState, RowState,
-                            predict_rows, update_rows)
+                            SseState, predict_rows, update_rows)
 from .mixed_spec import (DEFAULT_MAX_BYTES, HARD_MAX_BYTES, KIND, LATEST_PRESET,  # noqa: F401
                          LLM_FREE_PRESET, MAX_VOCAB, PRESETS, VERSION, default_spec, expand,
                          preset_spec, skip_spec, tables_bytes, validate, validate_skip)
 from .mixer import MixerWeights
 from .ngram import MAX_ORDER, N_CONF, NGramTables, deterministic_guess
+from .sse import SseMaps
 
 class MixedEnsemble:
     """LLM + n-grams + match + bias head behind a learned, context-selected mixer."""
@@ -62,6 +63,7 @@ class MixedEnsemble:
         n_orders = self.ngram.n_orders if self.ngram else 1
         n_mb = self.match.n_buckets if self.match else 1
         self.mixer = MixerWeights(s["mixer"], n_orders, N_CONF, n_mb)
+        self.sse = SseMaps(s["sse"], self.mixer.n_ent) if s.get("sse") else None
         m = s["mixer"]
         self._lr, self._lr_l = m["lr"], m["lr_llm"]
         self._w_min, self._w_max = m["w_min"], m["w_max"]
@@ -106,6 +108,8 @@ class MixedEnsemble:
             n += self.match.nbytes
         if self.bias:
             n += self.bias.nbytes
+        if self.sse:
+            n += self.sse.nbytes
         return int(n)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -122,6 +126,8 @@ class MixedEnsemble:
         if self.bias:
             self.bias.reset()
         self.mixer.reset()
+        if self.sse:
+            self.sse.reset()
         self._probs = np.zeros((S, V), dtype=np.float64)
         self._ring = np.zeros((S, MAX_ORDER), dtype=np.int32)
         self._rcount = np.zeros(S, dtype=np.int64)
@@ -139,6 +145,7 @@ class MixedEnsemble:
         self._touch = np.zeros(nf + 1, dtype=np.int32)
         self._acc = np.zeros(2 + max(1, self.n_dense), dtype=np.float64)
         self._mtok = np.full(S, -1, dtype=np.int32)
+        self._stok = np.full(S, -1, dtype=np.int32)
         self._mix_ph = np.zeros(S, dtype=np.float64)
         self._mix_q = np.zeros(S, dtype=np.float64)
         self._mix_s = np.zeros(S, dtype=np.float64)
@@ -169,6 +176,8 @@ class MixedEnsemble:
         self._bh = _record(BiasState, bh, on=self.bias is not None)
         self._mx = _record(MixerState, self.mixer, lr=self._lr, lr_llm=self._lr_l,
                            w_min=self._w_min, w_max=self._w_max)
+        sse = self.sse if self.sse is not None else absent.sse
+        self._ss = _record(SseState, sse, on=self.sse is not None)
         self._rs = RowState(**{f: getattr(self, "_" + f) for f in RowState._fields})
 
     # -- the engine's calls -------------------------------------------------------------
@@ -235,7 +244,7 @@ class MixedEnsemble:
         dn = self._dense_input(dense, A)
         bmax = self.bias.bmax if self.bias else 0.0
         predict_rows(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm, self._bh, self._mx,
-                     self._rs)
+                     self._ss, self._rs)
         self._pending = (A, lg, hl, dn)
         return self._probs[:A]
 
@@ -258,7 +267,7 @@ class MixedEnsemble:
                       (toks[has] == self._guess_tok[:A][has]).astype(np.int64))
             self._guess_key[:A] = -1
         bmax = update_rows(A, toks, lg, hl, dn, self.n_dense, self._ng, self._mm, self._bh,
-                           self._mx, self._rs)
+                           self._mx, self._ss, self._rs)
         if self.bias:
             self.bias.bmax = bmax
 
@@ -308,7 +317,8 @@ def _absent_parts(vocab_size: int) -> SimpleNamespace:
                               min_len=1, verify=1, apm_t=f64, apm_n=i64, apm_points=1,
                               apm_range=1.0, limit=1),
         bias=SimpleNamespace(b=zero_b, u0=zero_b, u0max_arr=f64, counts=f64, lr=0.0,
-                             lr_free=0.0, alpha0=1.0))
+                             lr_free=0.0, alpha0=1.0),
+        sse=SimpleNamespace(t=f64, n=i64, n_ent=1, mask=0, points=1, range=1.0, limit=1))
 
 
 def make(spec: object, vocab_size: int) -> MixedEnsemble:
