@@ -6,9 +6,10 @@ One LLM pass per input feeds the same logits to every variant (LLM only, + n-gra
 + match, + bias head, + skip, + SSM; + SSE, the default ensemble with sse.py instead of
 the SSM), so the variants differ only in their ensemble.
 The LLM-free row is the real ``-1`` compressor on the same bytes (one stream, token
-alphabet): its size is the file's, its time the whole in-process compress. Sizes are the ideal code length Σ -log2 p(token) (the range coder adds a few
-bytes per file); "LLM rows" is how many rows each variant asks the LLM for (the skip
-variant uses no logits on the rows it skips). Times: the shared LLM step, and each
+alphabet): its size is the file's, its time the whole in-process compress. Sizes are the
+ideal code length Σ -log2 p(token) (the range coder adds a few bytes per file); "LLM
+rows" is how many rows each variant asks the LLM for (the skip variant uses no logits on
+the rows it skips). Times: the shared LLM step, and each
 ensemble's own predict+update time. xz -9e is measured on the same bytes.
 
 Default inputs (written or shipped by the OS, none downloaded): English prose (vim's

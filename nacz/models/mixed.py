@@ -9,7 +9,8 @@ its place, and the match's own learned split (which carries them).
 
 Parts: ngram.py (shared sparse count tables), match.py (shared-history match model and
 its split maps), bias.py (bias head and unigram counts), mixer.py (weights, contexts and
-the passes over V), sse.py (optional: secondary estimation of the LLM's top token). Any part but the mixer can be switched off (``null`` in the spec).
+the passes over V), sse.py (optional: secondary estimation of the LLM's top token). Any
+part but the mixer can be switched off (``null`` in the spec).
 mixed_spec.py holds the spec and its presets, mixed_kernels.py the two fused kernels
 (``predict_rows``, ``update_rows``) and the named state records they take; this file
 the class that owns the state and calls them.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 
 from ..errors import FormatError
@@ -36,13 +38,25 @@ from . import ngram as ngram_mod  # noqa: F401  (the part modules, as before the
 from .bias import BiasHead
 from .match import MatchModel
 from .mixed_kernels import (BiasState, MatchState, MixerState, NgramState, RowState,
-                            SseState, predict_rows, update_rows)
+                            SseState, predict_rows, predict_rows_parallel, update_rows)
 from .mixed_spec import (DEFAULT_MAX_BYTES, HARD_MAX_BYTES, KIND, LATEST_PRESET,  # noqa: F401
                          LLM_FREE_PRESET, MAX_VOCAB, PRESETS, VERSION, default_spec, expand,
                          preset_spec, skip_spec, tables_bytes, validate, validate_skip)
 from .mixer import MixerWeights
 from .ngram import MAX_ORDER, N_CONF, NGramTables, deterministic_guess
 from .sse import SseMaps
+
+# Threads for the rows of a step (predict only: update learns in stream order). The
+# result never depends on it (mixed_kernels.predict_rows_parallel); the codec sets it from
+# -T, like llama.cpp's threads, and ensembles made afterwards use it.
+_threads = 1
+
+
+def use_threads(n: int) -> None:
+    """Predict the rows of a step on up to ``n`` threads (1: in the calling thread)."""
+    global _threads
+    _threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+
 
 class MixedEnsemble:
     """LLM + n-grams + match + bias head behind a learned, context-selected mixer."""
@@ -102,6 +116,7 @@ class MixedEnsemble:
         n = self.mixer.nbytes + self._add.nbytes + self._ebuf.nbytes + self._mark.nbytes
         n += self._probs.nbytes + self._ring.nbytes
         n += self._sp_tok.nbytes + self._sp_ord.nbytes + self._sp_val.nbytes
+        n += self._p_add.nbytes + self._p_mark.nbytes
         if self.ngram:
             n += self.ngram.nbytes
         if self.match:
@@ -161,6 +176,13 @@ class MixedEnsemble:
         self._det_tries = np.zeros(no * 16, dtype=np.int64)
         self._add.fill(0.0)
         self._mark.fill(0)
+        # one lane of scratch per thread (predict_rows_parallel); none for one thread
+        self._lanes = min(_threads, S)
+        K = self._lanes if self._lanes > 1 else 0
+        self._p_add = np.zeros((K, V), dtype=np.float64)
+        self._p_mark = np.zeros((K, V), dtype=np.uint8)
+        self._p_touch = np.zeros((K, nf + 1), dtype=np.int32)
+        self._p_acc = np.zeros((K, 2 + max(1, self.n_dense)), dtype=np.float64)
         self._pending = None
         self._build_records()
 
@@ -243,8 +265,15 @@ class MixedEnsemble:
             raise ValueError(f"{A} active streams, but reset for {self.n_streams}")
         dn = self._dense_input(dense, A)
         bmax = self.bias.bmax if self.bias else 0.0
-        predict_rows(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm, self._bh, self._mx,
-                     self._ss, self._rs)
+        if self._lanes > 1 and A > 1:
+            if numba.get_num_threads() != self._lanes:  # (a per-thread setting in numba)
+                numba.set_num_threads(self._lanes)
+            predict_rows_parallel(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm,
+                                  self._bh, self._mx, self._ss, self._rs, self._p_add,
+                                  self._p_mark, self._p_touch, self._p_acc)
+        else:
+            predict_rows(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm, self._bh,
+                         self._mx, self._ss, self._rs)
         self._pending = (A, lg, hl, dn)
         return self._probs[:A]
 
