@@ -41,7 +41,7 @@ BiasState = namedtuple("BiasState", "on b u0 u0max_arr counts lr lr_free alpha0"
 MixerState = namedtuple("MixerState", "ent_edges n_mb n_llm_ctx w_llm w_dense u v lr lr_llm "
                         "w_min w_max")
 # the secondary estimation of the LLM's favourite token (sse.py)
-SseState = namedtuple("SseState", "on t n n_ent mask points range limit")
+SseState = namedtuple("SseState", "on t n n_ent mask points range limit weight")
 # per-stream work of one step: context hashes and histories, the sparse feature lists,
 # the contexts that chose the weights, the split, scratch, and the probabilities
 # (mtok: the match model's prediction; stok: the token q is split on, the match's or the
@@ -191,7 +191,7 @@ def predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs
     elif st >= 0:  # the SSE split, on the LLM's favourite token
         prev = ring[r, (rcount[r] - 1) & rmask] if rcount[r] > 0 else -1
         ph = sse_prob(ss.t, ss.n_ent, cur_ent[r], sse_context(prev, st, ss.mask),
-                      ss.points, ss.range, out[r, st], acc[0], cell[r], cell_w[r])
+                      ss.points, ss.range, ss.weight, out[r, st], acc[0], cell[r], cell_w[r])
         qm, rest = normalize_split(out[r], acc, row, use_llm, dense, r, n_dense, sums[r],
                                    st, ph)
         mix_ph[r] = ph

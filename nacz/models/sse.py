@@ -5,16 +5,19 @@ counts and the bias head), but not per situation: how often the LLM's top token 
 after this token, or for this candidate, is something only counts can see. On a row with
 the LLM and without a match prediction (the match model has its own split, match.py),
 this stage takes the LLM's argmax token c, reads q's probability for it, and maps
-stretch(q_c) through two adaptive probability maps in a chain:
+stretch(q_c) to ph through two adaptive probability maps in a chain:
 
 1. selected by the step's entropy bucket (the mixer's own context);
 2. selected by a hash of (previous token, c), ``ctx_bits`` bits: per candidate and
    per situation.
 
-The result ph replaces q_c and the other tokens share 1 - ph in proportion to q (the
-same split as the match model's, mixer.normalize_split). The maps start as the identity
-(no change until they learn) and learn count-based hit rates, shared by all streams,
-updated in stream order by both sides alike.
+The final probability is q_c + weight * (ph - q_c), the maps' estimate averaged with the
+input as paq does with its APMs (weight 1, the maps alone, cost 0.1-0.7% on every input
+measured; 0.25 gained 0.1-0.2% on all four: bench/results/2026-12-04-ratio.md); the
+other tokens share the rest in proportion to q (the same split as the match model's,
+mixer.normalize_split). The maps start as the identity (no change until they learn) and
+learn count-based hit rates, shared by all streams, updated in stream order by both sides
+alike.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ DEFAULT_POINTS = 24
 DEFAULT_RANGE = 12.0
 DEFAULT_LIMIT = 255  # a faster-moving rate than the match maps': the LLM's misses drift
 DEFAULT_CTX_BITS = 12
+DEFAULT_WEIGHT = 0.25  # the share of the maps' estimate in the final probability
 MAX_CTX_BITS = 20
-SPEC_KEYS = {"points", "range", "limit", "ctx_bits"}
+SPEC_KEYS = {"points", "range", "limit", "ctx_bits", "weight"}
 
 
 def default_spec() -> dict:
     return {"points": DEFAULT_POINTS, "range": DEFAULT_RANGE, "limit": DEFAULT_LIMIT,
-            "ctx_bits": DEFAULT_CTX_BITS}
+            "ctx_bits": DEFAULT_CTX_BITS, "weight": DEFAULT_WEIGHT}
 
 
 def validate(spec: object) -> dict:
@@ -46,7 +50,8 @@ def validate(spec: object) -> dict:
     return {"points": check.integer(d["points"], "points", 1, 256),
             "range": check.number(d["range"], "range", 0.5, 30.0),
             "limit": check.integer(d["limit"], "limit", 1, 1 << 30),
-            "ctx_bits": check.integer(d["ctx_bits"], "ctx_bits", 1, MAX_CTX_BITS)}
+            "ctx_bits": check.integer(d["ctx_bits"], "ctx_bits", 1, MAX_CTX_BITS),
+            "weight": check.number(d["weight"], "weight", 0.0, 1.0)}
 
 
 class SseMaps:
@@ -58,6 +63,7 @@ class SseMaps:
         self.points = s["points"]
         self.range = s["range"]
         self.limit = s["limit"]
+        self.weight = s["weight"]
         self.n_ent = int(n_ent)
         self.mask = (1 << s["ctx_bits"]) - 1
         n = (self.n_ent + (1 << s["ctx_bits"])) * (self.points + 1)
@@ -98,7 +104,7 @@ def context(prev, cand, mask):
 
 
 @numba.njit(cache=True, nogil=True)
-def sse_prob(t, n_ent, eb, ctx2, points, rng, e_c, e_other, cells, cell_w):
+def sse_prob(t, n_ent, eb, ctx2, points, rng, weight, e_c, e_other, cells, cell_w):
     """P(candidate) through the chain, q giving it e_c against e_other for all other
     tokens; cells / cell_w get both stages' points for the update."""
     x = math.log(e_c / e_other)  # stretch(q_c), with no 1 - q_c to lose precision
@@ -108,7 +114,8 @@ def sse_prob(t, n_ent, eb, ctx2, points, rng, e_c, e_other, cells, cell_w):
     cell_w[0] = w1
     cells[1] = k2
     cell_w[1] = w2
-    return p2
+    q_c = e_c / (e_c + e_other)
+    return q_c + weight * (p2 - q_c)
 
 
 refresh_kernel_cache(globals())
