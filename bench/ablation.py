@@ -3,11 +3,14 @@
 Usage: python bench/ablation.py [--bytes N] [--streams S] [FILE...]
 
 One LLM pass per input feeds the same logits to every variant (LLM only, + n-grams,
-+ match, + bias head, + skip, + SSM), so the variants differ only in their ensemble.
++ match, + bias head, + skip (preset 2), + SSE (preset 4, the default of -2 ... -6),
++ SSM (-7 ... -9); --sse-weights adds SSE variants of other weights), so the variants
+differ only in their ensemble.
 The LLM-free row is the real ``-1`` compressor on the same bytes (one stream, token
-alphabet): its size is the file's, its time the whole in-process compress. Sizes are the ideal code length Σ -log2 p(token) (the range coder adds a few
-bytes per file); "LLM rows" is how many rows each variant asks the LLM for (the skip
-variant uses no logits on the rows it skips). Times: the shared LLM step, and each
+alphabet): its size is the file's, its time the whole in-process compress. Sizes are the
+ideal code length Σ -log2 p(token) (the range coder adds a few bytes per file); "LLM
+rows" is how many rows each variant asks the LLM for (the skip variant uses no logits on
+the rows it skips). Times: the shared LLM step, and each
 ensemble's own predict+update time. xz -9e is measured on the same bytes.
 
 Default inputs (written or shipped by the OS, none downloaded): English prose (vim's
@@ -48,12 +51,22 @@ def variants(n_tokens: int) -> dict[str, dict]:
         "+ n-gram": mix(match=False, bias=False, skip=False),
         "+ match": mix(bias=False, skip=False),
         "+ bias head (full mixer)": mix(skip=False),
-        "+ skip (default, -2 ... -6)": E.default_spec(n_tokens),
-        "+ SSM (full ensemble)": E.default_spec(n_tokens, with_ssm=True),
+        SKIP: E.default_spec(n_tokens, preset=2),
+        "+ SSE (preset 4; default, -2 ... -6)": E.default_spec(n_tokens, preset=4),
+        "+ SSM (full ensemble, -7 ... -9)": E.default_spec(n_tokens, with_ssm=True),
+        **{f"+ SSE weight {w}": sse_weight(mix(sse=True), w) for w in SSE_WEIGHTS},
     }
 
 
-SKIP = "+ skip (default, -2 ... -6)"
+SSE_WEIGHTS = ()
+
+
+def sse_weight(spec: dict, w: float) -> dict:
+    spec["mixer"]["sse"]["weight"] = w
+    return spec
+
+
+SKIP = "+ skip (preset 2)"
 
 
 def run(data: bytes, streams: int | None, skip_timing: bool) -> None:
@@ -142,7 +155,12 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=None)
     ap.add_argument("--skip-timing", action="store_true",
                     help="a second LLM pass with only the rows the skip variant asks for")
+    ap.add_argument("--sse-weights", default="",
+                    help="extra SSE variants, e.g. 0.5,0.25: the maps' share of the final "
+                    "probability of the LLM's top token")
     args = ap.parse_args()
+    global SSE_WEIGHTS
+    SSE_WEIGHTS = tuple(float(w) for w in args.sse_weights.split(",") if w)
     inputs = ([(f.name, f.read_bytes()[:args.bytes]) for f in args.files] if args.files else
               [("English prose (vim user manual)", english(args.bytes)),
                ("Python source (stdlib)", source(args.bytes)),

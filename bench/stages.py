@@ -2,12 +2,14 @@
 
 Usage: python bench/stages.py [--backend llama|torch] [--device cpu|cuda] [--streams 256]
                               [--steps 6] [--window 1024] [--bytes-file FILE] [--model PATH]
+                              [--ensemble-threads 1,2]
 
 Runs the real step loop (engine.run) over S streams of real text, with the real backend,
 the default ensemble and the real range coder, and times each call of each stage:
 
   backend step      the LLM's batched decode (logits of all active streams)
   ensemble predict  wants_llm + predict: the dense pass over the vocabulary per stream
+                    (the rows of a step on --ensemble-threads threads; same bits)
   ensemble update   the online models learning the true tokens
   coder             constriction: quantising each distribution and encoding the token
   python            everything else in the loop (total minus the stages above)
@@ -35,6 +37,7 @@ bound_openmp_spinning()  # as the CLI does, before llama.cpp loads
 
 from nacz import backends, codec, engine  # noqa: E402
 from nacz.coder import Encoder  # noqa: E402
+from nacz.models import mixed  # noqa: E402
 from nacz.models.ensemble import default_spec, make_ensemble  # noqa: E402
 from nacz.presets import SINKS  # noqa: E402
 
@@ -124,6 +127,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--bytes-file", type=Path, default=None)
     ap.add_argument("--model", default=None, help="GGUF (default: the level-6 q8_0 model)")
+    ap.add_argument("--ensemble-threads", default="1",
+                    help="comma-separated thread counts for the ensemble's predict")
     args = ap.parse_args()
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first is a warm-up)")
@@ -131,12 +136,14 @@ def main() -> None:
     cols = (*STAGES, "python")
     print(f"backend {args.backend} on {args.device}, model {rt.path.name}, window "
           f"{args.window}, {args.steps - 1} timed steps; microseconds per token")
-    print("| streams | " + " | ".join(cols) + " | tokens/s |")
-    print("|---:|" + "---:|" * (len(cols) + 1))
+    print("| streams | ensemble threads | " + " | ".join(cols) + " | tokens/s |")
+    print("|---:|---:|" + "---:|" * (len(cols) + 1))
     for s in (int(x) for x in args.streams.split(",")):
-        r = measure(rt, args, s)
-        print(f"| {s} | " + " | ".join(f"{r[c]:.1f}" for c in cols) +
-              f" | {r['tokens/s']:.1f} |", flush=True)
+        for et in (int(x) for x in args.ensemble_threads.split(",")):
+            mixed.use_threads(et)
+            r = measure(rt, args, s)
+            print(f"| {s} | {et} | " + " | ".join(f"{r[c]:.1f}" for c in cols) +
+                  f" | {r['tokens/s']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .coder import Decoder, Encoder, min_bits_per_symbol
 from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .frozen import CODER_SPEC
+from .models import mixed
 from .models.ensemble import make_ensemble, probe_kind, probe_spec
 from .plan import LLM_FREE, MAX_BLOCK_SIZE, Plan, is_llm_free, make_plan
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
@@ -161,6 +162,7 @@ class Coding:
 def build_encoder(plan: Plan, threads: int = 0) -> Coding:
     """The model and backend a plan needs (the model loaded once per process)."""
     rt, derived = resolve_runtime(plan.model, plan.model_format)
+    mixed.use_threads(threads or default_threads())
     backend = (None if plan.llm_free else
                backends.make(rt, plan.backend, plan.device, plan.window, plan.slide,
                              plan.sinks, threads or default_threads()))
@@ -177,6 +179,7 @@ def build_decoder(p: hparams.NeuralParams, opts: Options, probe: dict) -> Coding
     CPUs without AMX or repacked weights they compute the same logits, and they never
     crash), then "extra" where that cannot crash (llama.allows)."""
     backends.check(p.backend_name, p.device)  # before loading anything
+    mixed.use_threads(opts.threads or default_threads())
     if p.backend_name in (NO_BACKEND, backends.TORCH_NAME):
         rt, derived = _runtime_for(p, opts)
         check_compatible(p, rt)

@@ -2,7 +2,7 @@
 
 numba invalidates a cached kernel only when the kernel's *own* file changes, yet a cached
 kernel contains every kernel it calls: the fused mixed kernels call across ngram.py,
-match.py, bias.py, mixer.py and mixed_kernels.py, and the SSM's forward/backward kernels
+match.py, bias.py, mixer.py, sse.py and mixed_kernels.py, and the SSM's forward/backward kernels
 call fmath.py. A change in one file could thus leave stale code in another file's cached
 kernels, i.e. silently different probabilities. Every module with such kernels therefore
 ends with ``refresh_kernel_cache(globals())``, which drops its cached kernels whenever the
@@ -21,7 +21,8 @@ from numba.core.dispatcher import Dispatcher
 
 _MODELS = Path(__file__).resolve().parent
 KERNEL_SOURCES = ("../kernels.py", "ngram.py", "match.py", "bias.py", "mixer.py",
-                  "mixed_kernels.py", "ssm/fmath.py", "ssm/forward.py", "ssm/backward.py")
+                  "sse.py", "mixed_kernels.py", "ssm/fmath.py", "ssm/forward.py",
+                  "ssm/backward.py")
 
 
 def sources_digest() -> str:

@@ -9,7 +9,8 @@ its place, and the match's own learned split (which carries them).
 
 Parts: ngram.py (shared sparse count tables), match.py (shared-history match model and
 its split maps), bias.py (bias head and unigram counts), mixer.py (weights, contexts and
-the passes over V). Any part but the mixer can be switched off (``null`` in the spec).
+the passes over V), sse.py (optional: secondary estimation of the LLM's top token). Any
+part but the mixer can be switched off (``null`` in the spec).
 mixed_spec.py holds the spec and its presets, mixed_kernels.py the two fused kernels
 (``predict_rows``, ``update_rows``) and the named state records they take; this file
 the class that owns the state and calls them.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 
 from ..errors import FormatError
@@ -36,12 +38,25 @@ from . import ngram as ngram_mod  # noqa: F401  (the part modules, as before the
 from .bias import BiasHead
 from .match import MatchModel
 from .mixed_kernels import (BiasState, MatchState, MixerState, NgramState, RowState,
-                            predict_rows, update_rows)
+                            SseState, predict_rows, predict_rows_parallel, update_rows)
 from .mixed_spec import (DEFAULT_MAX_BYTES, HARD_MAX_BYTES, KIND, LATEST_PRESET,  # noqa: F401
                          LLM_FREE_PRESET, MAX_VOCAB, PRESETS, VERSION, default_spec, expand,
                          preset_spec, skip_spec, tables_bytes, validate, validate_skip)
 from .mixer import MixerWeights
 from .ngram import MAX_ORDER, N_CONF, NGramTables, deterministic_guess
+from .sse import SseMaps
+
+# Threads for the rows of a step (predict only: update learns in stream order). The
+# result never depends on it (mixed_kernels.predict_rows_parallel); the codec sets it from
+# -T, like llama.cpp's threads, and ensembles made afterwards use it.
+_threads = 1
+
+
+def use_threads(n: int) -> None:
+    """Predict the rows of a step on up to ``n`` threads (1: in the calling thread)."""
+    global _threads
+    _threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+
 
 class MixedEnsemble:
     """LLM + n-grams + match + bias head behind a learned, context-selected mixer."""
@@ -62,6 +77,7 @@ class MixedEnsemble:
         n_orders = self.ngram.n_orders if self.ngram else 1
         n_mb = self.match.n_buckets if self.match else 1
         self.mixer = MixerWeights(s["mixer"], n_orders, N_CONF, n_mb)
+        self.sse = SseMaps(s["sse"], self.mixer.n_ent) if s.get("sse") else None
         m = s["mixer"]
         self._lr, self._lr_l = m["lr"], m["lr_llm"]
         self._w_min, self._w_max = m["w_min"], m["w_max"]
@@ -100,12 +116,15 @@ class MixedEnsemble:
         n = self.mixer.nbytes + self._add.nbytes + self._ebuf.nbytes + self._mark.nbytes
         n += self._probs.nbytes + self._ring.nbytes
         n += self._sp_tok.nbytes + self._sp_ord.nbytes + self._sp_val.nbytes
+        n += self._p_add.nbytes + self._p_mark.nbytes
         if self.ngram:
             n += self.ngram.nbytes
         if self.match:
             n += self.match.nbytes
         if self.bias:
             n += self.bias.nbytes
+        if self.sse:
+            n += self.sse.nbytes
         return int(n)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -122,6 +141,8 @@ class MixedEnsemble:
         if self.bias:
             self.bias.reset()
         self.mixer.reset()
+        if self.sse:
+            self.sse.reset()
         self._probs = np.zeros((S, V), dtype=np.float64)
         self._ring = np.zeros((S, MAX_ORDER), dtype=np.int32)
         self._rcount = np.zeros(S, dtype=np.int64)
@@ -139,6 +160,7 @@ class MixedEnsemble:
         self._touch = np.zeros(nf + 1, dtype=np.int32)
         self._acc = np.zeros(2 + max(1, self.n_dense), dtype=np.float64)
         self._mtok = np.full(S, -1, dtype=np.int32)
+        self._stok = np.full(S, -1, dtype=np.int32)
         self._mix_ph = np.zeros(S, dtype=np.float64)
         self._mix_q = np.zeros(S, dtype=np.float64)
         self._mix_s = np.zeros(S, dtype=np.float64)
@@ -154,6 +176,13 @@ class MixedEnsemble:
         self._det_tries = np.zeros(no * 16, dtype=np.int64)
         self._add.fill(0.0)
         self._mark.fill(0)
+        # one lane of scratch per thread (predict_rows_parallel); none for one thread
+        self._lanes = min(_threads, S)
+        K = self._lanes if self._lanes > 1 else 0
+        self._p_add = np.zeros((K, V), dtype=np.float64)
+        self._p_mark = np.zeros((K, V), dtype=np.uint8)
+        self._p_touch = np.zeros((K, nf + 1), dtype=np.int32)
+        self._p_acc = np.zeros((K, 2 + max(1, self.n_dense)), dtype=np.float64)
         self._pending = None
         self._build_records()
 
@@ -169,6 +198,8 @@ class MixedEnsemble:
         self._bh = _record(BiasState, bh, on=self.bias is not None)
         self._mx = _record(MixerState, self.mixer, lr=self._lr, lr_llm=self._lr_l,
                            w_min=self._w_min, w_max=self._w_max)
+        sse = self.sse if self.sse is not None else absent.sse
+        self._ss = _record(SseState, sse, on=self.sse is not None)
         self._rs = RowState(**{f: getattr(self, "_" + f) for f in RowState._fields})
 
     # -- the engine's calls -------------------------------------------------------------
@@ -234,8 +265,15 @@ class MixedEnsemble:
             raise ValueError(f"{A} active streams, but reset for {self.n_streams}")
         dn = self._dense_input(dense, A)
         bmax = self.bias.bmax if self.bias else 0.0
-        predict_rows(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm, self._bh, self._mx,
-                     self._rs)
+        if self._lanes > 1 and A > 1:
+            if numba.get_num_threads() != self._lanes:  # (a per-thread setting in numba)
+                numba.set_num_threads(self._lanes)
+            predict_rows_parallel(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm,
+                                  self._bh, self._mx, self._ss, self._rs, self._p_add,
+                                  self._p_mark, self._p_touch, self._p_acc)
+        else:
+            predict_rows(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm, self._bh,
+                         self._mx, self._ss, self._rs)
         self._pending = (A, lg, hl, dn)
         return self._probs[:A]
 
@@ -258,7 +296,7 @@ class MixedEnsemble:
                       (toks[has] == self._guess_tok[:A][has]).astype(np.int64))
             self._guess_key[:A] = -1
         bmax = update_rows(A, toks, lg, hl, dn, self.n_dense, self._ng, self._mm, self._bh,
-                           self._mx, self._rs)
+                           self._mx, self._ss, self._rs)
         if self.bias:
             self.bias.bmax = bmax
 
@@ -308,7 +346,8 @@ def _absent_parts(vocab_size: int) -> SimpleNamespace:
                               min_len=1, verify=1, apm_t=f64, apm_n=i64, apm_points=1,
                               apm_range=1.0, limit=1),
         bias=SimpleNamespace(b=zero_b, u0=zero_b, u0max_arr=f64, counts=f64, lr=0.0,
-                             lr_free=0.0, alpha0=1.0))
+                             lr_free=0.0, alpha0=1.0),
+        sse=SimpleNamespace(t=f64, n=i64, n_ent=1, mask=0, points=1, range=1.0, limit=1, weight=1.0))
 
 
 def make(spec: object, vocab_size: int) -> MixedEnsemble:

@@ -25,6 +25,8 @@ from .match import apm_update, length_bucket, match_update, predicted, split_pro
 from .mixer import (bias_exp, clamp, copy_pass, dense_pass, normalize, normalize_split,
                     row_max, sparse_pass)
 from .ngram import context_hashes, gather, table_insert
+from .sse import context as sse_context
+from .sse import row_top, sse_prob
 
 # the shared n-gram count tables (ngram.py)
 NgramState = namedtuple("NgramState", "on tab bases masks width orders logtab")
@@ -38,15 +40,19 @@ BiasState = namedtuple("BiasState", "on b u0 u0max_arr counts lr lr_free alpha0"
 # the mixer's weights and their learning rates (mixer.py)
 MixerState = namedtuple("MixerState", "ent_edges n_mb n_llm_ctx w_llm w_dense u v lr lr_llm "
                         "w_min w_max")
+# the secondary estimation of the LLM's favourite token (sse.py)
+SseState = namedtuple("SseState", "on t n n_ent mask points range limit weight")
 # per-stream work of one step: context hashes and histories, the sparse feature lists,
 # the contexts that chose the weights, the split, scratch, and the probabilities
+# (mtok: the match model's prediction; stok: the token q is split on, the match's or the
+# SSE candidate, -1 for none)
 RowState = namedtuple("RowState", "hashes ring rcount sp_tok sp_ord sp_val sp_n conf add "
-                      "mark touch acc ebuf gbuf ctx wctx prev_ent cur_ent mtok cell cell_w "
-                      "mix_ph mix_q mix_s sums probs")
+                      "mark touch acc ebuf gbuf ctx wctx prev_ent cur_ent mtok stok cell "
+                      "cell_w mix_ph mix_q mix_s sums probs")
 
 
 @numba.njit(cache=True, nogil=True)
-def predict_rows(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, rs):
+def predict_rows(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs):
     """Probabilities of rows 0..A-1, one after the other:
     1. sparse features: n-gram lists and the match prediction (from the tables as left
        by the previous update);
@@ -55,8 +61,48 @@ def predict_rows(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, rs):
     3. the sparse boosts, with weights chosen by this entropy bucket x match bucket,
        recomputed exactly for the few touched tokens; 4. normalisation.
     5. a row with a match splits q: the predicted token gets the probability its APM
-       maps q's own to (match.py).
+       maps q's own to (match.py); with SSE on, a row with the LLM and no match splits
+       q the same way on the LLM's argmax token (sse.py).
     Rows without the LLM and dense inputs share their dense part, computed once."""
+    shared_dense_part(A, has_llm, n_dense, bmax, bh, rs.ebuf)
+    for r in range(A):
+        predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs, rs.add,
+                    rs.mark, rs.touch, rs.acc)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def predict_rows_parallel(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs,
+                          p_add, p_mark, p_touch, p_acc):
+    """predict_rows with the rows spread over K = len(p_add) lanes: lane k codes rows
+    k, k + K, ... in order with scratch of its own (p_*[k]). Every row reads only state
+    that predict never writes and writes only its own outputs, and each row's arithmetic
+    is predict_row's, sequential: the probabilities are bit-identical to predict_rows'
+    for every K and thread count (tests/test_models_parallel.py)."""
+    shared_dense_part(A, has_llm, n_dense, bmax, bh, rs.ebuf)
+    K = p_add.shape[0]
+    for k in numba.prange(K):
+        for r in range(k, A, K):
+            predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs,
+                        p_add[k], p_mark[k], p_touch[k], p_acc[k])
+
+
+@numba.njit(cache=True, nogil=True)
+def shared_dense_part(A, has_llm, n_dense, bmax, bh, ebuf):
+    """The dense part of rows without the LLM and dense inputs, the same for all of them
+    this step (b only changes in update): computed once, only if such a row exists."""
+    if n_dense > 0:
+        return
+    for r in range(A):
+        if not has_llm[r]:
+            bias_exp(bh.b, bmax, bh.u0, bh.u0max_arr[0], ebuf)
+            return
+
+
+@numba.njit(cache=True, nogil=True)
+def predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs, add, mark,
+                touch, acc):
+    """Row r of predict_rows, with the scratch given (``add``, ``mark``: V entries, zero
+    on entry and on return; ``touch``, ``acc``)."""
     ng_on, tab, bases, masks, width, orders, logtab = (
         ng.on, ng.tab, ng.bases, ng.masks, ng.width, ng.orders, ng.logtab)
     m_on, hist_tok, n_hist, mptr, mlen, medges, apm_t, apm_points, apm_range = (
@@ -67,87 +113,98 @@ def predict_rows(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, rs):
         mx.ent_edges, mx.n_mb, mx.n_llm_ctx, mx.w_llm, mx.w_dense, mx.u, mx.v)
     hashes, ring, rcount, sp_tok, sp_ord, sp_val, sp_n, conf = (
         rs.hashes, rs.ring, rs.rcount, rs.sp_tok, rs.sp_ord, rs.sp_val, rs.sp_n, rs.conf)
-    add, mark, touch, acc, ebuf, ctx, wctx, prev_ent, cur_ent = (
-        rs.add, rs.mark, rs.touch, rs.acc, rs.ebuf, rs.ctx, rs.wctx, rs.prev_ent, rs.cur_ent)
-    mtok, cell, cell_w, mix_ph, mix_q, mix_s, sums, out = (
-        rs.mtok, rs.cell, rs.cell_w, rs.mix_ph, rs.mix_q, rs.mix_s, rs.sums, rs.probs)
-    ebuf_ready = False
-    for r in range(A):
-        n = 0
-        if ng_on:
-            context_hashes(ring, rcount, r, orders, hashes[r])
-            n, _top = gather(tab, bases, masks, width, hashes[r], logtab, sp_tok[r],
-                             sp_ord[r], sp_val[r], conf[r], 0)
-        sp_n[r] = n
-        mb = 0
-        mt = -1
-        if m_on:
-            mt = predicted(hist_tok, n_hist, mptr, mlen, r)
-            mb = length_bucket(mlen[r], medges)
-        mtok[r] = mt
-        nt = 0
-        for i in range(n):
-            touch[nt] = sp_tok[r, i]
+    ebuf, ctx, wctx, prev_ent, cur_ent = rs.ebuf, rs.ctx, rs.wctx, rs.prev_ent, rs.cur_ent
+    mtok, stok, cell, cell_w, mix_ph, mix_q, mix_s, sums, out = (
+        rs.mtok, rs.stok, rs.cell, rs.cell_w, rs.mix_ph, rs.mix_q, rs.mix_s, rs.sums, rs.probs)
+    rmask = ring.shape[1] - 1
+    n = 0
+    if ng_on:
+        context_hashes(ring, rcount, r, orders, hashes[r])
+        n, _top = gather(tab, bases, masks, width, hashes[r], logtab, sp_tok[r],
+                         sp_ord[r], sp_val[r], conf[r], 0)
+    sp_n[r] = n
+    mb = 0
+    mt = -1
+    if m_on:
+        mt = predicted(hist_tok, n_hist, mptr, mlen, r)
+        mb = length_bucket(mlen[r], medges)
+    mtok[r] = mt
+    nt = 0
+    for i in range(n):
+        touch[nt] = sp_tok[r, i]
+        nt += 1
+    if mt >= 0:
+        touch[nt] = mt
+        nt += 1
+    use_llm = has_llm[r]
+    st = mt  # the token q is split on (-1: none)
+    if use_llm:
+        row = logits[r]
+        if ss.on and mt < 0:
+            lmax, st = row_top(row)
+            touch[nt] = st
             nt += 1
-        if mt >= 0:
-            touch[nt] = mt
-            nt += 1
-        for i in range(nt):
-            mark[touch[i]] = 1
-        use_llm = has_llm[r]
-        if use_llm:
-            row = logits[r]
+        else:
             lmax = row_max(row)
-            cw = prev_ent[r] * n_mb + mb
-            wl = w_llm[cw]
-        else:
-            row = logits[0]  # not read
-            lmax = 0.0
-            cw = n_llm_ctx + mb
-            wl = 0.0
-        wctx[r] = cw
-        ent = 0.0
-        if use_llm or n_dense > 0:
-            ent = dense_pass(out[r], row, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r,
-                             w_dense[cw], n_dense, mark, acc)
-        else:
-            if not ebuf_ready:
-                bias_exp(b, bmax, u0, u0max, ebuf)
-                ebuf_ready = True
-            copy_pass(out[r], ebuf, mark, acc)
-        if use_llm:
-            eb = bucket(ent, ent_edges)
-            cur_ent[r] = eb  # becomes prev_ent[r] in update (predict changes no state)
-            c = eb * n_mb + mb
-            g = 0
-        else:
-            c = n_llm_ctx + mb
-            g = 1
-        ctx[r] = c
-        for i in range(n):
-            j = sp_ord[r, i]
-            add[sp_tok[r, i]] += (u[c, j] + v[g, j, conf[r, j]]) * sp_val[r, i]
-        sparse_pass(out[r], row, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, w_dense[cw],
-                    n_dense, add, touch, nt, mark, acc, mt)
-        for i in range(nt):
-            add[touch[i]] = 0.0
-            mark[touch[i]] = 0
-        if mt >= 0:
-            ph = split_prob(apm_t, g, mb, n_mb, apm_points, apm_range, out[r, mt], acc[0],
-                            cell[r], cell_w[r])
-            qm, rest = normalize_split(out[r], acc, row, use_llm, dense, r, n_dense, sums[r],
-                                       mt, ph)
-            mix_ph[r] = ph
-            mix_q[r] = qm
-            mix_s[r] = rest / (1.0 - ph)  # q = p * mix_s away from mt
-        else:
-            cell[r, 0] = -1
-            mix_ph[r] = 0.0
-            normalize(out[r], acc, n_dense, sums[r])
+        cw = prev_ent[r] * n_mb + mb
+        wl = w_llm[cw]
+    else:
+        row = logits[0]  # not read
+        lmax = 0.0
+        cw = n_llm_ctx + mb
+        wl = 0.0
+    stok[r] = st
+    for i in range(nt):
+        mark[touch[i]] = 1
+    wctx[r] = cw
+    ent = 0.0
+    if use_llm or n_dense > 0:
+        ent = dense_pass(out[r], row, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r,
+                         w_dense[cw], n_dense, mark, acc)
+    else:
+        copy_pass(out[r], ebuf, mark, acc)  # ebuf: shared_dense_part, before the rows
+    if use_llm:
+        eb = bucket(ent, ent_edges)
+        cur_ent[r] = eb  # becomes prev_ent[r] in update (predict changes no state)
+        c = eb * n_mb + mb
+        g = 0
+    else:
+        c = n_llm_ctx + mb
+        g = 1
+    ctx[r] = c
+    for i in range(n):
+        j = sp_ord[r, i]
+        add[sp_tok[r, i]] += (u[c, j] + v[g, j, conf[r, j]]) * sp_val[r, i]
+    sparse_pass(out[r], row, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, w_dense[cw],
+                n_dense, add, touch, nt, mark, acc, st)
+    for i in range(nt):
+        add[touch[i]] = 0.0
+        mark[touch[i]] = 0
+    if mt >= 0:
+        ph = split_prob(apm_t, g, mb, n_mb, apm_points, apm_range, out[r, mt], acc[0],
+                        cell[r], cell_w[r])
+        qm, rest = normalize_split(out[r], acc, row, use_llm, dense, r, n_dense, sums[r],
+                                   mt, ph)
+        mix_ph[r] = ph
+        mix_q[r] = qm
+        mix_s[r] = rest / (1.0 - ph)  # q = p * mix_s away from mt
+    elif st >= 0:  # the SSE split, on the LLM's favourite token
+        prev = ring[r, (rcount[r] - 1) & rmask] if rcount[r] > 0 else -1
+        ph = sse_prob(ss.t, ss.n_ent, cur_ent[r], sse_context(prev, st, ss.mask),
+                      ss.points, ss.range, ss.weight, out[r, st], acc[0], cell[r], cell_w[r])
+        qm, rest = normalize_split(out[r], acc, row, use_llm, dense, r, n_dense, sums[r],
+                                   st, ph)
+        mix_ph[r] = ph
+        mix_q[r] = qm
+        mix_s[r] = rest / (1.0 - ph)
+    else:
+        cell[r, 0] = -1
+        mix_ph[r] = 0.0
+        normalize(out[r], acc, n_dense, sums[r])
 
 
 @numba.njit(cache=True, nogil=True)
-def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, rs):
+def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, ss, rs):
     """Learn from the true tokens of rows 0..A-1, in order: mixer weights (gradient of
     q's code length), n-gram counts, the APM maps, the stream histories and the match
     model, then the unigram counts and the bias head. Returns the bias head's new bmax
@@ -168,6 +225,7 @@ def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, rs):
     ctx, wctx, prev_ent, cur_ent, mtok, cell, cell_w, mix_ph, mix_q, mix_s, sums, gbuf = (
         rs.ctx, rs.wctx, rs.prev_ent, rs.cur_ent, rs.mtok, rs.cell, rs.cell_w, rs.mix_ph,
         rs.mix_q, rs.mix_s, rs.sums, rs.gbuf)
+    stok = rs.stok
     n_orders = gbuf.shape[0]
     rmask = ring.shape[1] - 1
     for r in range(A):
@@ -177,6 +235,7 @@ def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, rs):
         p = probs[r]
         g = 0 if has_llm[r] else 1
         mt = mtok[r]
+        st = stok[r]  # == mt when the match split q
         split = mix_ph[r] > 0.0
         qs = mix_s[r] if split else 1.0  # q = p * qs away from mt, q[mt] = mix_q
         # mixer weights: d(-log q_y)/dw = E_q[f] - f[y] (sums hold E_q)
@@ -194,7 +253,7 @@ def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, rs):
                 t = sp_tok[r, i]
                 j = sp_ord[r, i]
                 pt = p[t] * qs
-                if split and t == mt:
+                if split and t == st:
                     pt = mix_q[r]
                 gbuf[j] += pt * sp_val[r, i]
                 if t == y:
@@ -208,8 +267,12 @@ def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, rs):
                 if hashes[r, j] != np.uint64(0):
                     table_insert(tab, bases[j], masks[j], width, hashes[r, j], y)
         if cell[r, 0] >= 0:
-            for st in range(2):
-                apm_update(apm_t, apm_n, cell[r, st], cell_w[r, st], mt == y, apm_limit)
+            if mt >= 0:
+                for k in range(2):
+                    apm_update(apm_t, apm_n, cell[r, k], cell_w[r, k], mt == y, apm_limit)
+            else:
+                for k in range(2):
+                    apm_update(ss.t, ss.n, cell[r, k], cell_w[r, k], st == y, ss.limit)
         ring[r, rcount[r] & rmask] = y
         rcount[r] += 1
         if m_on:
@@ -217,7 +280,7 @@ def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, rs):
                          last_pos, mptr, mlen, hits, tries, medges, min_len, verify)
     if b_on:
         u0max[0] = unigram_update(counts, u0, alpha0, u0max[0], tokens, A)
-        return bias_update(b, probs, tokens, A, lr_b, mtok, mix_ph, mix_s, mix_q, has_llm,
+        return bias_update(b, probs, tokens, A, lr_b, stok, mix_ph, mix_s, mix_q, has_llm,
                            lr_bf)
     return 0.0
 

@@ -8,6 +8,7 @@ from . import bias as bias_mod
 from . import match as match_mod
 from . import mixer as mixer_mod
 from . import ngram as ngram_mod
+from . import sse as sse_mod
 
 KIND = "mixed"
 VERSION = 1
@@ -15,18 +16,20 @@ MAX_VOCAB = 1 << ngram_mod.TOKEN_BITS
 DEFAULT_MAX_BYTES = 256 << 20
 HARD_MAX_BYTES = 1 << 30  # a header may not make the decoder allocate more tables than this
 SPEC_KEYS = {"kind", "version", "ngram", "match", "bias", "mixer", "skip"}
+OPTIONAL_KEYS = {"sse"}  # absent in the specs of presets 1-3 (their expansions are frozen)
 
 
 # -- spec ------------------------------------------------------------------------------
 def default_spec(n_tokens: int, vocab_size: int = 49152, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  n_dense: int = 0, ngram: bool = True, match: bool = True,
-                 bias: bool = True, skip: bool = True, det_skip: bool = True) -> dict:
+                 bias: bool = True, skip: bool = True, det_skip: bool = True,
+                 sse: bool = False) -> dict:
     """The default ensemble for an input of ``n_tokens`` tokens; the n-gram and match
     tables together stay within ``max_bytes``."""
     n_tokens = max(1, int(n_tokens))
     if not 1 << 20 <= max_bytes <= HARD_MAX_BYTES:
         raise ValueError("max_bytes out of range")
-    return {
+    spec = {
         "kind": KIND,
         "version": VERSION,
         "ngram": ngram_mod.default_spec(n_tokens, vocab_size,
@@ -37,6 +40,9 @@ def default_spec(n_tokens: int, vocab_size: int = 49152, *, max_bytes: int = DEF
         "mixer": mixer_mod.default_spec(n_dense),
         "skip": skip_spec(ngram and det_skip) if (skip and match) else None,
     }
+    if sse:
+        spec["sse"] = sse_mod.default_spec()
+    return spec
 
 
 def skip_spec(deterministic: bool) -> dict:
@@ -70,7 +76,8 @@ def validate_skip(spec: object) -> dict:
 
 def validate(spec: object) -> dict:
     """A normalised copy of ``spec``; FormatError on anything unknown or out of range."""
-    d = check.obj(spec, "ensemble", SPEC_KEYS)
+    d = check.obj(spec, "ensemble", SPEC_KEYS | (OPTIONAL_KEYS & set(spec))
+                  if isinstance(spec, dict) else SPEC_KEYS)
     if d["kind"] != KIND or type(d["version"]) is not int or d["version"] != VERSION:
         raise check.error("unknown ensemble kind or version")
     out = {"kind": KIND, "version": VERSION,
@@ -79,6 +86,8 @@ def validate(spec: object) -> dict:
            "bias": None if d["bias"] is None else bias_mod.validate(d["bias"]),
            "mixer": mixer_mod.validate(d["mixer"]),
            "skip": None if d["skip"] is None else validate_skip(d["skip"])}
+    if d.get("sse") is not None:
+        out["sse"] = sse_mod.validate(d["sse"])
     if out["skip"] is not None and out["match"] is None:
         raise check.error("skip needs the match model")
     if out["skip"] is not None and "det_permille" in out["skip"] and out["ngram"] is None:
@@ -116,8 +125,13 @@ def _preset_3(n_tokens: int, vocab_size: int, n_dense: int) -> dict:
     return spec
 
 
-PRESETS = {1: _preset_1, 2: _preset_2, 3: _preset_3}
-LATEST_PRESET = 2  # with an LLM
+def _preset_4(n_tokens: int, vocab_size: int, n_dense: int) -> dict:
+    """Preset 2 plus the secondary estimation of the LLM's top token (sse.py)."""
+    return default_spec(n_tokens, vocab_size, n_dense=n_dense, det_skip=True, sse=True)
+
+
+PRESETS = {1: _preset_1, 2: _preset_2, 3: _preset_3, 4: _preset_4}
+LATEST_PRESET = 4  # with an LLM (files of presets 1 and 2 keep decoding)
 LLM_FREE_PRESET = 3
 
 
