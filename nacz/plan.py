@@ -20,10 +20,12 @@ from .presets import (FASTEST_LLM_LEVEL, LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, 
 LLM_FREE = "none"  # --model none: no LLM; the default model's tokenizer only
 
 # Block sizes (format version 2). Each block is coded on its own (cold models), so a block
-# must be long enough for the online models to learn; see bench/results/blocksize.md.
+# must be long enough for the online models to learn (bench/results/2026-12-04-blocks.md):
+# at -1, 4 MiB blocks cost 2.6% on a 10 MB input against one block; 16 MiB keeps it one
+# block (~0.5 GB peak RSS). The LLM levels start warm from the weights and lose less.
 MIN_BLOCK_SIZE = 1 << 10
 MAX_BLOCK_SIZE = 1 << 30
-DEFAULT_BLOCK_SIZE = {1: 4 << 20}  # per level; other levels: LLM_BLOCK_SIZE
+DEFAULT_BLOCK_SIZE = {1: 16 << 20}  # per level; other levels: LLM_BLOCK_SIZE
 LLM_BLOCK_SIZE = 1 << 20
 
 
