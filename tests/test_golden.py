@@ -48,7 +48,8 @@ def refusal_allowed(p) -> str | None:
 def test_golden_set_is_complete():
     assert {"empty", "binary", "text", "text-llm-free", "text-llm-free-alphabet",
             "hybrid", "text-plain-buffers", "text-plain-buffers-2-streams",
-            "blocks-empty", "blocks-binary", "blocks-llm-free", "blocks-text"} <= set(NAMES)
+            "blocks-empty", "blocks-binary", "blocks-llm-free", "blocks-text",
+            "blocks-text-preset-4"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

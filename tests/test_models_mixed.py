@@ -469,7 +469,8 @@ def test_compact_spec_round_trip():
     compact = mixed.preset_spec(5000)
     ens = MixedEnsemble.from_spec(compact, SMALL_V)
     assert ens.header_spec == compact and len(json.dumps(compact)) < 100
-    assert ens.spec == default_spec(5000, SMALL_V)  # full form, all parameters
+    # full form, all parameters: the latest preset (4) is the default spec plus SSE
+    assert ens.spec == default_spec(5000, SMALL_V, sse=True)
     again = MixedEnsemble.from_spec(json.loads(json.dumps(ens.header_spec)), SMALL_V)
     assert again.spec == ens.spec
     full = MixedEnsemble.from_spec(ens.spec, SMALL_V)

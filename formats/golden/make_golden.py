@@ -51,6 +51,10 @@ def originals() -> dict[str, tuple[bytes, codec.Options]]:
         # The default level's LLM: two blocks of prose, one with a binary run.
         "blocks-text": (PROSE * 3 + bytes(range(20)) + PROSE[:200],
                         codec.Options(block_size=1024)),
+        # Ensemble preset 4 (the default with an LLM since 2026-12-04): SSE of the LLM's
+        # top token (models/sse.py)
+        "blocks-text-preset-4": (PROSE * 3 + bytes(range(20)) + PROSE[:200],
+                                 codec.Options(block_size=1024)),
         # nacz 0.2: the header records llama.cpp's weight buffers ("plain"), and the
         # fingerprint covers them; two streams decode in one batch (the AMX crash's case)
         "text-plain-buffers": (PROSE, codec.Options()),
