@@ -347,7 +347,8 @@ def _absent_parts(vocab_size: int) -> SimpleNamespace:
                               apm_range=1.0, limit=1),
         bias=SimpleNamespace(b=zero_b, u0=zero_b, u0max_arr=f64, counts=f64, lr=0.0,
                              lr_free=0.0, alpha0=1.0),
-        sse=SimpleNamespace(t=f64, n=i64, n_ent=1, mask=0, points=1, range=1.0, limit=1, weight=1.0))
+        sse=SimpleNamespace(t=f64, n=i64, n_ent=1, mask=0, points=1, range=1.0, limit=1,
+                            weight=1.0))
 
 
 def make(spec: object, vocab_size: int) -> MixedEnsemble:
