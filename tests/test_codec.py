@@ -50,11 +50,15 @@ def test_pure_binary_never_much_larger_than_zstd():
         assert len(out) <= min(len(z), len(data)) + 40  # container overhead only
 
 
-def test_compression_is_deterministic_and_thread_independent():
-    a = codec.compress(TEXT, codec.Options(threads=1))
-    b = codec.compress(TEXT, codec.Options(threads=2))
+@pytest.mark.parametrize("streams", [None, 3])
+def test_compression_is_deterministic_and_thread_independent(streams):
+    """Threads change neither llama.cpp's logits nor the ensemble's probabilities (with
+    several streams its predict runs the rows on several threads)."""
+    a = codec.compress(TEXT, codec.Options(threads=1, streams=streams))
+    b = codec.compress(TEXT, codec.Options(threads=2, streams=streams))
     assert a == b
-    assert codec.decompress(a, codec.Options(threads=1)) == TEXT
+    assert codec.decompress(a, codec.Options(threads=2)) == TEXT
+    assert codec.decompress(b, codec.Options(threads=1)) == TEXT
 
 
 def test_several_streams_round_trip(english):
