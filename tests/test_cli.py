@@ -213,6 +213,12 @@ def big_compressed(tmp_path_factory) -> Path:
     return d / "big.txt.nc"
 
 
+def _default_sigint() -> None:
+    """A test run started in the background (`cmd &` in a script) inherits SIGINT ignored,
+    and Python, like xz, then leaves it ignored: give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("mode", ["compress", "decompress"])
 def test_interrupt_leaves_no_partial_output(tmp_path, big_compressed, sig, code, mode):
@@ -225,7 +231,8 @@ def test_interrupt_leaves_no_partial_output(tmp_path, big_compressed, sig, code,
     before = src.read_bytes()
     proc = subprocess.Popen([sys.executable, "-m", "nacz", mode, "--streams", "1", src]
                             if mode == "compress" else
-                            [sys.executable, "-m", "nacz", mode, src], stderr=subprocess.PIPE)
+                            [sys.executable, "-m", "nacz", mode, src], stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     time.sleep(4)  # past start-up, inside the coding loop (which takes far longer)
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(sig)
