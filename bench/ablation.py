@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from inputs import english, json_log, source  # noqa: E402
 
 
-def variants(n_tokens: int) -> dict[str, dict]:
+def variants(n_tokens: int, sse_weights: tuple = ()) -> dict[str, dict]:
     def mix(**kw):
         return {"kind": "ensemble", "llm": True, "ssm": None,
                 "mixer": mixed.default_spec(n_tokens, **kw)}
@@ -54,11 +54,8 @@ def variants(n_tokens: int) -> dict[str, dict]:
         SKIP: E.default_spec(n_tokens, preset=2),
         "+ SSE (preset 4; default, -2 ... -6)": E.default_spec(n_tokens, preset=4),
         "+ SSM (full ensemble, -7 ... -9)": E.default_spec(n_tokens, with_ssm=True),
-        **{f"+ SSE weight {w}": sse_weight(mix(sse=True), w) for w in SSE_WEIGHTS},
+        **{f"+ SSE weight {w}": sse_weight(mix(sse=True), w) for w in sse_weights},
     }
-
-
-SSE_WEIGHTS = ()
 
 
 def sse_weight(spec: dict, w: float) -> dict:
@@ -69,7 +66,8 @@ def sse_weight(spec: dict, w: float) -> dict:
 SKIP = "+ skip (preset 2)"
 
 
-def run(data: bytes, streams: int | None, skip_timing: bool) -> None:
+def run(data: bytes, streams: int | None, skip_timing: bool,
+        sse_weights: tuple = ()) -> None:
     rt = load_runtime(None, "q8_0")
     tokens = rt.tokenizer.tokenize(data)
     from nacz.presets import preset
@@ -82,7 +80,7 @@ def run(data: bytes, streams: int | None, skip_timing: bool) -> None:
         matrix[s, :n] = tokens[off:off + n]
         off += n
     vs = {name: E.make_ensemble(spec, rt.model.vocab_size)
-          for name, spec in variants(len(tokens)).items()}
+          for name, spec in variants(len(tokens), sse_weights).items()}
     bits = {k: 0.0 for k in vs}
     rows = {k: 0 for k in vs}
     ens_time = {k: 0.0 for k in vs}
@@ -159,15 +157,14 @@ def main() -> None:
                     help="extra SSE variants, e.g. 0.5,0.25: the maps' share of the final "
                     "probability of the LLM's top token")
     args = ap.parse_args()
-    global SSE_WEIGHTS
-    SSE_WEIGHTS = tuple(float(w) for w in args.sse_weights.split(",") if w)
+    sse_weights = tuple(float(w) for w in args.sse_weights.split(",") if w)
     inputs = ([(f.name, f.read_bytes()[:args.bytes]) for f in args.files] if args.files else
               [("English prose (vim user manual)", english(args.bytes)),
                ("Python source (stdlib)", source(args.bytes)),
                ("JSON-lines log (generated)", json_log(args.bytes))])
     for name, data in inputs:
         print(f"### {name}")
-        run(data, args.streams, args.skip_timing)
+        run(data, args.streams, args.skip_timing, sse_weights)
 
 
 if __name__ == "__main__":
