@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import params as hparams
 from .errors import FormatError
 from .models.ensemble import probe_kind
+from .models.lowrank import MAX_HIDDEN
 
 BLOCK_KEYS = ("streams", "ensemble")
 PROBE = "probe"  # shared: the ensemble kind the file's fingerprint was computed with
@@ -55,6 +56,12 @@ def probe_spec_of(shared: dict) -> dict:
     if (isinstance(kind, list) and len(kind) == 3 and kind[0] == "ensemble"
             and all(isinstance(x, bool) for x in kind[1:])):
         return {"kind": "ensemble", "llm": kind[1], "ssm": {} if kind[2] else None}
+    if (isinstance(kind, list) and len(kind) == 4 and kind[0] == "ensemble"
+            and all(isinstance(x, bool) for x in kind[1:3]) and kind[1]
+            and type(kind[3]) is int and 1 <= kind[3] <= MAX_HIDDEN):
+        # an ensemble that reads the LLM's hidden states, of this size (preset 5 on)
+        return {"kind": "ensemble", "llm": True, "ssm": {} if kind[2] else None,
+                "mixer": {"preset": 5, "hidden": kind[3]}}
     raise FormatError("corrupt header (bad 'probe')")
 
 
@@ -79,7 +86,7 @@ def parse_block(shared: dict, block: dict) -> hparams.NeuralParams:
     kind = tuple(probe_kind(p.ensemble))
     allowed = {probe}
     if probe[0] == "ensemble":
-        allowed.add((probe[0], probe[1], False))
+        allowed.add((probe[0], probe[1], False) + probe[3:])
     if kind not in allowed:
         raise FormatError("corrupt block (ensemble not covered by the file's fingerprint)")
     return p

@@ -23,7 +23,7 @@ from .container import KIND_BINARY, KIND_NEURAL, Container, Segment
 from .errors import FormatError, IntegrityError, MismatchError, NaczError
 from .frozen import CODER_SPEC
 from .models import mixed
-from .models.ensemble import make_ensemble, probe_kind, probe_spec
+from .models.ensemble import hidden_size_of, make_ensemble, probe_kind, probe_spec
 from .plan import LLM_FREE, MAX_BLOCK_SIZE, Plan, is_llm_free, make_plan
 from .resources import MODEL_ENV, derived_model, model_sha256, resolve_model_path
 from .segment import Region, merge_adjacent, split_regions
@@ -89,15 +89,24 @@ class Runtime:
             h.update(backends.fingerprint_salt(backend))
             if backend is not None and backend.name == llama.NAME and not legacy:
                 h.update(f"llama.cpp weight buffers: {self.model.weight_buffers}\n".encode())
-            logits = None if backend is None else backend.probe(self._probe)
+            hidden = hidden_size_of(ensemble_spec) if backend is not None else 0
+            if hidden and hidden != backend.hidden_size:
+                raise FormatError(f"corrupt header (hidden size {hidden}; the model's is "
+                                  f"{backend.hidden_size})")
+            logits = states = None
+            if backend is not None:
+                logits, states = backend.probe_states(self._probe, hidden=bool(hidden))
             if logits is not None:
                 h.update(logits.tobytes())
+            if states is not None:
+                h.update(states.tobytes())
             ens = make_ensemble(probe_spec(ensemble_spec, len(self._probe)),
                                 self.model.vocab_size)
             ens.reset(1)
             for i, tok in enumerate(self._probe.tolist()):
                 row = None if logits is None else logits[i:i + 1]
-                h.update(ens.predict(row, None, n_active=1).tobytes())
+                st = None if states is None else states[i:i + 1]
+                h.update(ens.predict(row, None, n_active=1, hidden=st).tobytes())
                 ens.update(np.array([tok], dtype=np.int32))
             self._fingerprints[key] = h.hexdigest()
         return self._fingerprints[key]
@@ -154,6 +163,11 @@ class Coding:
     derived: dict | None
     backend: object | None  # None: no LLM
     llm_free: bool
+
+    @property
+    def hidden_size(self) -> int:
+        """The size of the hidden states the backend can give (0: none, or no LLM)."""
+        return getattr(self.backend, "hidden_size", 0) if self.backend is not None else 0
 
     def fingerprint(self, ensemble_spec: dict) -> str:
         return self.rt.fingerprint(self.backend, ensemble_spec)
@@ -256,7 +270,7 @@ def encode_block(coding: Coding, plan: Plan, data: bytes,
 
     tokens = np.concatenate([token_lists[r.start] for r in regions if r.is_text])
     lengths = plan.stream_lengths(len(tokens))
-    spec = plan.ensemble(len(tokens))
+    spec = plan.ensemble(len(tokens), coding.hidden_size)
     # Without an LLM, tokens are coded among the types that occur (alphabet.py).
     types = alphabet.types_of(tokens, rt.model.vocab_size) if plan.llm_free else None
     if types is not None:

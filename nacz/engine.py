@@ -16,8 +16,13 @@ import numpy as np
 
 class Backend(Protocol):
     vocab_size: int
+    hidden_size: int
 
-    def reset(self, n_streams: int) -> None: ...
+    def reset(self, n_streams: int, hidden: bool = False) -> None:
+        """Fresh streams; ``hidden``: keep each step's final hidden states as well."""
+
+    def hidden_states(self, n_active: int) -> np.ndarray:
+        """The last step's final hidden states, float32 (n_active, hidden_size)."""
 
     def step(self, tokens: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
         """Feed one token to each of streams 0..len(tokens)-1; return their next-token
@@ -26,15 +31,17 @@ class Backend(Protocol):
 
 
 class Ensemble(Protocol):
+    hidden_size: int  # > 0: predict takes the LLM's hidden states too
+
     def reset(self, n_streams: int) -> None: ...
 
     def wants_llm(self, n_active: int) -> np.ndarray | None:
         """Which active streams need LLM logits at this step (None: all of them)."""
 
     def predict(self, logits: np.ndarray | None, want: np.ndarray | None = None,
-                n_active: int | None = None) -> np.ndarray:
-        """Logits (A, V) of the active streams (None without an LLM) -> probabilities
-        (A, V) float64."""
+                n_active: int | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
+        """Logits (A, V) of the active streams (None without an LLM) and, if it takes
+        them, their hidden states -> probabilities (A, V) float64."""
 
     def update(self, tokens: np.ndarray) -> None:
         """The true tokens of the active streams at this step (same order as predict)."""
@@ -72,8 +79,15 @@ def run(backend: Backend | None, ensemble: Ensemble, lengths: Sequence[int], sta
     receives counters (LLM rows asked for, rows skipped)."""
     counts = active_counts(lengths)
     n_streams = len(lengths)
+    hidden_size = getattr(ensemble, "hidden_size", 0) if backend is not None else 0
     if backend is not None:
-        backend.reset(n_streams)
+        if hidden_size:
+            if backend.hidden_size != hidden_size:
+                raise ValueError(f"the ensemble reads hidden states of size {hidden_size}, "
+                                 f"the model has {backend.hidden_size}")
+            backend.reset(n_streams, hidden=True)
+        else:
+            backend.reset(n_streams)
     ensemble.reset(n_streams)
     asked = skipped = 0
     out = np.zeros((n_streams, int(counts.size)), dtype=np.int32)
@@ -81,7 +95,7 @@ def run(backend: Backend | None, ensemble: Ensemble, lengths: Sequence[int], sta
     done = 0
     for t, active in enumerate(counts):
         active = int(active)
-        logits = want = None
+        logits = want = hidden = None
         if backend is not None:
             want = ensemble.wants_llm(active)
             # Every token enters the LLM's context, wanted or not: only the logits of
@@ -90,7 +104,9 @@ def run(backend: Backend | None, ensemble: Ensemble, lengths: Sequence[int], sta
             n_want = active if want is None else int(want.sum())
             asked += n_want
             skipped += active - n_want
-        probs = ensemble.predict(logits, want, n_active=active)
+            if hidden_size:
+                hidden = backend.hidden_states(active)
+        probs = ensemble.predict(logits, want, n_active=active, hidden=hidden)
         tokens = np.asarray(coder(probs, t), dtype=np.int32)
         if tokens.shape != (active,):
             raise AssertionError("coder returned the wrong number of tokens")

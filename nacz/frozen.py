@@ -3,7 +3,7 @@
 Changing one of these makes existing files decode differently or be refused, so it is a
 format version bump (with a note), never an edit. Each is pinned by a test:
 
-- ``PROBE_TEXT`` and ``PROBE_PRESET``: the backend fingerprint in every header is a hash
+- ``PROBE_TEXT``, ``PROBE_PRESET`` and ``PROBE_PRESET_HIDDEN``: the backend fingerprint in every header is a hash
   of the LLM's logits and of a small ensemble's probabilities over this probe, with this
   mixer preset (codec.py); pinned by tests/test_frozen.py.
 - ``SSM_SEED`` and the rest of the SSM's default spec: the probe's ensemble of an SSM file
@@ -26,6 +26,9 @@ PROBE_TEXT = (b"nacz backend fingerprint: The quick brown fox jumps over the laz
 # The probe's mixer preset: a different probe would change the fingerprint of every file
 # already written. It runs the same kernels as any later preset.
 PROBE_PRESET = 2
+# ... and that of ensembles that read the LLM's hidden states (their fingerprint hashes
+# the probe's hidden states too)
+PROBE_PRESET_HIDDEN = 5
 
 SSM_SEED = 0x6E61637A  # "nacz"
 

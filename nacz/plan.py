@@ -77,17 +77,18 @@ class Plan:
             return True
         return None  # the default: SSM only without an LLM
 
-    def ensemble(self, n_tokens: int) -> dict:
-        """The ensemble spec of a block of ``n_tokens`` tokens."""
+    def ensemble(self, n_tokens: int, hidden: int = 0) -> dict:
+        """The ensemble spec of a block of ``n_tokens`` tokens; ``hidden``: the size of
+        the LLM's hidden states, 0 where the backend gives none."""
         if self.preset.ensemble not in ("full", "full+ssm"):
             return {"kind": "llm"}
         return default_spec(n_tokens, uses_llm=not self.llm_free,
-                            with_ssm=self._with_ssm(n_tokens))
+                            with_ssm=self._with_ssm(n_tokens), hidden=hidden)
 
-    def probe_ensemble(self) -> dict:
+    def probe_ensemble(self, hidden: int = 0) -> dict:
         """An ensemble spec of the widest kind any block of this plan can use: the file's
         one fingerprint covers every kernel its blocks run (format version 2)."""
-        return self.ensemble(max(SSM_MIN_TOKENS, 1))
+        return self.ensemble(max(SSM_MIN_TOKENS, 1), hidden)
 
 
 def make_plan(model=None, level: int | None = None, streams: int | None = None,

@@ -52,7 +52,7 @@ class Worker:
         (the file header; the fingerprint is computed here once)."""
         plan = self.job.plan
         coding = self._encoder()
-        probe = plan.probe_ensemble()
+        probe = plan.probe_ensemble(coding.hidden_size)
         fp = coding.fingerprint(probe)
         rt = coding.rt
         p = codec.hparams.NeuralParams(

@@ -82,3 +82,34 @@ def test_entry_points_bound_openmp_spinning_unless_the_user_chose():
         env = dict(mine)
         llama.bound_openmp_spinning(env)
         assert env == mine
+
+
+def test_hidden_states_leave_the_logits_bit_identical(runtime):
+    """Asking llama.cpp for the final hidden states too (embeddings on, pooling none)
+    changes no logit; each row gets its stream's state (the same sequence in two rows:
+    the same state). llama.cpp outputs every row in this mode: a row not wanted gets
+    its logits and state all the same."""
+    toks = runtime.tokenizer.tokenize(b"Once upon a time there was a little compressor.")
+    streams = [toks, toks[::-1].copy(), toks]
+    be = runtime.backend(window=32, slide=16, sinks=4, threads=2)
+    plain = _run(be, streams, 8)
+    be.reset(3, hidden=True)
+    prev = np.array([runtime.model.start_token] * 3, dtype=np.int32)
+    for t in range(8):
+        want = np.array([True, t % 2 == 0, True])
+        out = be.step(prev, want)
+        h = be.hidden_states(3)
+        assert h.shape == (3, runtime.model.hidden_size) and h.dtype == np.float32
+        assert np.array_equal(out, plain[t])
+        assert np.array_equal(h[0], h[2]) and np.isfinite(h).all()
+        assert t == 0 or not np.array_equal(h[0], h[1])  # (all start with the same token)
+        prev = np.array([s[t] for s in streams], dtype=np.int32)
+
+
+def test_probe_states_give_the_probe_logits(runtime):
+    be = runtime.backend(1024, 512, 4, threads=2)
+    probe = runtime.tokenizer.tokenize(llama.PROBE_TEXT)
+    logits, states = be.probe_states(probe, hidden=True)
+    assert np.array_equal(logits, be.probe(probe))
+    assert states.shape == (len(probe), runtime.model.hidden_size)
+    assert be.probe_states(probe, hidden=False)[1] is None

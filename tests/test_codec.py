@@ -113,6 +113,28 @@ def test_bad_parameters_are_format_errors():
             codec.decompress(_reseal_with_params(out, edit))
 
 
+def test_the_default_reads_the_llm_hidden_state_and_says_so_in_the_header():
+    """With an LLM the default ensemble is preset 5 (the low-rank correction from the
+    hidden state), whose header names the model's hidden size; a wrong size is a format
+    error and a file claiming preset 4 instead fails its fingerprint, both before
+    decoding."""
+    out = codec.compress(TEXT)
+    mixer = codec.inspect(out).params["ensemble"]["mixer"]
+    assert mixer["preset"] == 5 and mixer["hidden"] == 576
+    assert codec.decompress(out) == TEXT
+    for size in (575, 577, 0, "576"):
+        bad = _reseal_with_params(out, lambda p: p["ensemble"]["mixer"].update(hidden=size))
+        with pytest.raises(FormatError):
+            codec.decompress(bad)
+
+    def preset_4(p):
+        del p["ensemble"]["mixer"]["hidden"]
+        p["ensemble"]["mixer"]["preset"] = 4
+
+    with pytest.raises(MismatchError, match="fingerprint"):
+        codec.decompress(_reseal_with_params(out, preset_4))
+
+
 def test_absurd_token_count_is_refused_before_decoding(monkeypatch):
     c = container.read(codec.compress(TEXT))
     seg = c.segments[0]

@@ -49,7 +49,7 @@ def test_golden_set_is_complete():
     assert {"empty", "binary", "text", "text-llm-free", "text-llm-free-alphabet",
             "hybrid", "text-plain-buffers", "text-plain-buffers-2-streams",
             "blocks-empty", "blocks-binary", "blocks-llm-free", "blocks-text",
-            "blocks-text-preset-4"} <= set(NAMES)
+            "blocks-text-preset-4", "blocks-text-preset-5"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -78,3 +78,12 @@ def test_todays_backend_settings_have_golden_files_that_decode_here():
     for name in here:
         assert codec.decompress((GOLDEN / f"{name}.nc").read_bytes()) == \
             (GOLDEN / f"{name}.bin").read_bytes()
+
+
+def test_the_preset_5_golden_file_reads_the_hidden_state():
+    """The golden file of preset 5 pins the low-rank part and a fingerprint over the
+    probe's hidden states: its shared settings must say so."""
+    import io
+    packed = (GOLDEN / "blocks-text-preset-5.nc").read_bytes()
+    shared = stream.read_layout(io.BytesIO(packed), len(packed))[0].params
+    assert shared["probe"] == ["ensemble", True, False, 576]

@@ -31,7 +31,8 @@ def drive(ens, tokens: np.ndarray, n_streams: int, llm: str = "all", seed: int =
     """Run the engine's call sequence (reset, then predict/update per step with the
     active prefix shrinking at the end); return every step's probabilities (copies).
     llm: "all" (logits every row), "none" (no LLM), "mask" (random has_llm rows),
-    "skip" (has_llm = not confident())."""
+    "skip" (has_llm = not confident()). An ensemble that reads hidden states gets them
+    from a pool of their own (NaN on rows without the LLM: they must not be read)."""
     V = ens.vocab_size
     lengths = split_streams(len(tokens), n_streams)
     counts = active_counts(lengths)
@@ -44,6 +45,9 @@ def drive(ens, tokens: np.ndarray, n_streams: int, llm: str = "all", seed: int =
     pool = (rng.standard_normal((32, V)) * 2.0).astype(np.float32)
     dpool = np.log(np.full((4, V), 1.0 / V, dtype=np.float32)) + \
         (rng.random((4, V)) * 0.1).astype(np.float32)
+    H = ens.hidden_size
+    hpool = np.random.default_rng(seed + 1000).standard_normal((32, max(H, 1))).astype(
+        np.float32)
     ens.reset(len(lengths))
     out = []
     for t, A in enumerate(counts):
@@ -64,7 +68,12 @@ def drive(ens, tokens: np.ndarray, n_streams: int, llm: str = "all", seed: int =
                  for k in range(dense)]
             if dense > 1:
                 d = np.stack(d).astype(np.float32)
-        p = ens.predict(logits, has, dense=d)
+        hidden = None
+        if H and logits is not None:
+            hidden = np.stack([hpool[(t * 7 + s) % 32] for s in range(A)])
+            if has is not None:
+                hidden[~has] = np.nan
+        p = ens.predict(logits, has, dense=d, hidden=hidden)
         assert p.shape == (A, V) and p.dtype == np.float64
         out.append(p.copy())
         ens.update(matrix[:A, t])

@@ -19,16 +19,17 @@ def threads():
 
 
 @pytest.mark.parametrize("llm", ["all", "mask", "none", "skip"])
-@pytest.mark.parametrize("sse", [False, True])
-def test_parallel_rows_are_bit_identical(threads, llm, sse):
+@pytest.mark.parametrize("parts", [{}, {"sse": True}, {"sse": True, "hidden": 24}],
+                         ids=["preset-2", "sse", "sse+lowrank"])
+def test_parallel_rows_are_bit_identical(threads, llm, parts):
     """Every step's probabilities (and so every later update) are identical with one
     thread and with several lanes, also with more lanes than rows at the end (A shrinks),
-    rows without the LLM and the SSE split."""
+    rows without the LLM, the SSE split and the low-rank correction (scratch per lane)."""
     tokens = repetitive_tokens(1503, SMALL_V, seed=11)
     threads(1)
-    one, _, _ = drive(MixedEnsemble(small_spec(sse=sse), SMALL_V), tokens, 5, llm=llm)
+    one, _, _ = drive(MixedEnsemble(small_spec(**parts), SMALL_V), tokens, 5, llm=llm)
     threads(numba.config.NUMBA_NUM_THREADS)
-    ens = MixedEnsemble(small_spec(sse=sse), SMALL_V)
+    ens = MixedEnsemble(small_spec(**parts), SMALL_V)
     many, _, _ = drive(ens, tokens, 5, llm=llm)
     if numba.config.NUMBA_NUM_THREADS > 1:
         assert ens._lanes > 1  # the parallel kernel ran

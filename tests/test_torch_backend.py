@@ -84,6 +84,27 @@ def test_agrees_with_llama_cpp_through_slides(runtime, torch_backend):
     assert abs(bpb["torch"] / bpb["llama"] - 1) < 0.01
 
 
+def test_hidden_states_agree_with_llama_cpp(runtime, torch_backend):
+    """The final hidden states (what the low-rank correction reads) of both backends:
+    the same size and nearly the same values (cosine > 0.99 on every row)."""
+    toks = runtime.tokenizer.tokenize(os_text("GPL-3", 400))[:40]
+    start = runtime.model.start_token
+    states = {}
+    for name, be in (("llama", runtime.backend(64, 32, 4, threads=2)),
+                     ("torch", torch_backend)):
+        be.reset(1, hidden=True)
+        prev, rows = start, []
+        for tok in toks.tolist():
+            be.step(np.array([prev], dtype=np.int32))
+            rows.append(be.hidden_states(1)[0].astype(np.float64))
+            prev = tok
+        states[name] = np.stack(rows)
+    a, b = states["llama"], states["torch"]
+    assert a.shape == b.shape == (len(toks), torch_backend.hidden_size)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
+
+
 def test_codec_round_trip_identical_bytes():
     opts = codec.Options(backend="torch", **OPTS)
     a = codec.compress(TEXT, opts)

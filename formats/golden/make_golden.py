@@ -55,6 +55,11 @@ def originals() -> dict[str, tuple[bytes, codec.Options]]:
         # top token (models/sse.py)
         "blocks-text-preset-4": (PROSE * 3 + bytes(range(20)) + PROSE[:200],
                                  codec.Options(block_size=1024)),
+        # Ensemble preset 5 (the default with an LLM since 2026-12-04, later that day):
+        # the low-rank correction from the LLM's hidden state (models/lowrank.py); its
+        # fingerprint hashes the probe's hidden states too
+        "blocks-text-preset-5": (PROSE * 3 + bytes(range(20)) + PROSE[:200],
+                                 codec.Options(block_size=1024)),
         # nacz 0.2: the header records llama.cpp's weight buffers ("plain"), and the
         # fingerprint covers them; two streams decode in one batch (the AMX crash's case)
         "text-plain-buffers": (PROSE, codec.Options()),

@@ -39,6 +39,7 @@ def bound_openmp_spinning(env=os.environ) -> None:
 
 
 NAME = "llama.cpp"
+POOLING_NONE = 0  # LLAMA_POOLING_TYPE_NONE: per-token hidden states, not pooled
 FLASH_ATTN_DISABLED = 0  # fixed, not "auto": the choice changes logits
 
 # Which buffer types llama.cpp may put the weights in. "plain": the CPU backend's own
@@ -194,6 +195,7 @@ class LlamaModel:
             raise NaczError(f"cannot load model {self.path} (not a GGUF file llama.cpp accepts)")
         self.vocab = lib.llama_model_get_vocab(self._model)
         self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.hidden_size = int(lib.llama_model_n_embd(self._model))
         bos = int(lib.llama_vocab_bos(self.vocab))
         self.start_token = bos if bos >= 0 else int(lib.llama_vocab_eos(self.vocab))
         if not 0 <= self.start_token < self.vocab_size:
@@ -225,6 +227,7 @@ class LlamaBackend:
             raise ValueError("need 1 <= sinks and 0 < slide < window - sinks")
         self.model = model
         self.vocab_size = model.vocab_size
+        self.hidden_size = model.hidden_size
         self.window, self.slide, self.sinks = window, slide, sinks
         self.threads = max(1, threads)
         self._ctx = None
@@ -247,8 +250,12 @@ class LlamaBackend:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    def reset(self, n_streams: int) -> None:
-        """A fresh context with one sequence (and ``window`` KV cells) per stream."""
+    def reset(self, n_streams: int, hidden: bool = False) -> None:
+        """A fresh context with one sequence (and ``window`` KV cells) per stream; with
+        ``hidden``, each step also keeps the model's final hidden states (the normalised
+        state its output layer reads: llama.cpp's token embeddings, pooling none). Asking
+        for them leaves the logits bit-identical (tests/test_backend.py), but every row
+        is then an output (``step``'s ``want`` saves nothing)."""
         lib = _lib()
         self._free()
         n_streams = max(1, n_streams)
@@ -260,6 +267,9 @@ class LlamaBackend:
         p.kv_unified = False
         p.flash_attn_type = FLASH_ATTN_DISABLED
         p.no_perf = True
+        if hidden:
+            p.embeddings = True
+            p.pooling_type = POOLING_NONE
         self._ctx = lib.llama_init_from_model(self.model.handle, p)
         if not self._ctx:
             raise NaczError("llama.cpp could not create a context (out of memory?)")
@@ -278,17 +288,22 @@ class LlamaBackend:
         self._n_streams = n_streams
         self._n_past = 0  # all active streams are at the same position (lockstep)
         self._logits = np.empty((n_streams, self.vocab_size), dtype=np.float32)
+        self._hidden = (np.zeros((n_streams, self.hidden_size), dtype=np.float32) if hidden
+                        else None)
 
     def step(self, tokens: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
         """Feed ``tokens[i]`` to stream i (i < A); return the (A, V) logits that follow.
         Rows where ``want`` is False are not computed (llama.cpp skips their output
-        layer) and hold stale values."""
+        layer) and hold stale values, except with hidden states: llama.cpp's embeddings
+        mode makes every row an output, so there every row is computed."""
         lib = _lib()
         active = len(tokens)
         if not 0 < active <= self._n_streams:
             raise ValueError("bad number of active streams")
         if self._n_past >= self.window:
             self._slide(active)
+        if self._hidden is not None:
+            want = None  # llama.cpp's embeddings mode outputs every row anyway
         self._tok[:active] = tokens
         self._pos[:active] = self._n_past
         self._flags[:active] = 1 if want is None else want
@@ -306,7 +321,20 @@ class LlamaBackend:
                 out[...] = rows
             else:
                 out[want] = rows  # outputs come in batch order
+            if self._hidden is not None:
+                ptr = lib.llama_get_embeddings(self._ctx)
+                if not ptr:
+                    raise NaczError("llama.cpp returned no hidden states")
+                self._hidden[:active] = np.ctypeslib.as_array(ptr, shape=(n_out,
+                                                                           self.hidden_size))
         return out
+
+    def hidden_states(self, active: int) -> np.ndarray:
+        """The (active, hidden_size) final hidden states of the last step (rows it did
+        not compute are stale); only after ``reset(..., hidden=True)``."""
+        if self._hidden is None:
+            raise RuntimeError("hidden states were not asked for at reset")
+        return self._hidden[:active]
 
     def _slide(self, active: int) -> None:
         """Drop ``slide`` tokens after the sinks from every active stream; shift the rest."""
@@ -322,14 +350,20 @@ class LlamaBackend:
     def probe(self, probe_tokens: np.ndarray) -> np.ndarray:
         """Logits after each token of a fixed probe, fed one at a time to one stream.
         Their exact bits differ when this build or CPU computes the model differently."""
-        self.reset(1)
-        rows = []
+        return self.probe_states(probe_tokens, hidden=False)[0]
+
+    def probe_states(self, probe_tokens: np.ndarray, hidden: bool) -> tuple:
+        """(logits, hidden states or None) after each token of the probe."""
+        self.reset(1, hidden=hidden)
+        rows, states = [], []
         prev = self.model.start_token
         for tok in probe_tokens.tolist():
             rows.append(self.step(np.array([prev], dtype=np.int32)).copy())
+            if hidden:
+                states.append(self.hidden_states(1).copy())
             prev = tok
         self._free()
-        return np.concatenate(rows)
+        return np.concatenate(rows), (np.concatenate(states) if hidden else None)
 
 
 FTYPE_Q8_0 = 7  # LLAMA_FTYPE_MOSTLY_Q8_0

@@ -215,8 +215,13 @@ class TorchBackend:
     def describe(self) -> dict:
         return describe(self.device.type)
 
-    def reset(self, n_streams: int) -> None:
-        """A zeroed KV cache of ``window`` cells per stream and layer."""
+    @property
+    def hidden_size(self) -> int:
+        return self.w.d_model
+
+    def reset(self, n_streams: int, hidden: bool = False) -> None:
+        """A zeroed KV cache of ``window`` cells per stream and layer; with ``hidden``,
+        each step also keeps the final hidden states (after the output norm)."""
         w = self.w
         n_streams = max(1, n_streams)
         self._k = self._v = None  # free the old cache first
@@ -226,6 +231,8 @@ class TorchBackend:
         self._n_streams = n_streams
         self._n_past = 0
         self._logits = np.empty((n_streams, self.vocab_size), dtype=np.float32)
+        self._hidden = (np.zeros((n_streams, w.d_model), dtype=np.float32) if hidden
+                        else None)
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
@@ -266,7 +273,16 @@ class TorchBackend:
         if rows.size:
             h = _rms_norm(x[torch.from_numpy(rows).to(self.device)], w.output_norm, w.eps)
             out[rows] = F.linear(h, w.output).cpu().numpy()
+            if self._hidden is not None:
+                self._hidden[rows] = h.cpu().numpy()
         return out
+
+    def hidden_states(self, active: int) -> np.ndarray:
+        """The (active, hidden_size) final hidden states of the last step (rows it did
+        not compute are stale); only after ``reset(..., hidden=True)``."""
+        if self._hidden is None:
+            raise RuntimeError("hidden states were not asked for at reset")
+        return self._hidden[:active]
 
     def _slide(self, active: int) -> None:
         """Drop ``slide`` cells after the sinks in every active stream, move the rest down
@@ -282,11 +298,17 @@ class TorchBackend:
     # -- fingerprint --------------------------------------------------------------------
     def probe(self, probe_tokens: np.ndarray) -> np.ndarray:
         """Logits after each token of a fixed probe, fed one at a time to one stream."""
-        self.reset(1)
-        rows = []
+        return self.probe_states(probe_tokens, hidden=False)[0]
+
+    def probe_states(self, probe_tokens: np.ndarray, hidden: bool) -> tuple:
+        """(logits, hidden states or None) after each token of the probe."""
+        self.reset(1, hidden=hidden)
+        rows, states = [], []
         prev = self.start_token
         for tok in probe_tokens.tolist():
             rows.append(self.step(np.array([prev], dtype=np.int32)).copy())
+            if hidden:
+                states.append(self.hidden_states(1).copy())
             prev = tok
         self._k = self._v = None
-        return np.concatenate(rows)
+        return np.concatenate(rows), (np.concatenate(states) if hidden else None)

@@ -25,6 +25,7 @@ class LLMOnly:
 
     kind = "llm"
     uses_llm = True
+    hidden_size = 0  # takes no LLM hidden states
 
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
@@ -41,7 +42,7 @@ class LLMOnly:
         return None  # every row, every step
 
     def predict(self, logits: np.ndarray, want: np.ndarray | None = None,
-                n_active: int | None = None) -> np.ndarray:
+                n_active: int | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
         out = self._buf[:logits.shape[0]]
         softmax_rows(logits, out)
         return out
@@ -62,6 +63,13 @@ class Ensemble:
         self.mixer = mixed.MixedEnsemble.from_spec(mixer_spec, vocab_size)
         if self.mixer.n_dense != (1 if self.ssm else 0):
             raise FormatError("corrupt header (mixer inputs do not match the SSM setting)")
+        if self.mixer.hidden_size and not uses_llm:
+            raise FormatError("corrupt header (a hidden-state input without an LLM)")
+
+    @property
+    def hidden_size(self) -> int:
+        """The size of the LLM hidden state each step's predict takes (0: none)."""
+        return self.mixer.hidden_size
 
     @property
     def spec(self) -> dict:
@@ -81,13 +89,13 @@ class Ensemble:
         return ~self.mixer.confident(n_active)
 
     def predict(self, logits: np.ndarray | None, want: np.ndarray | None = None,
-                n_active: int | None = None) -> np.ndarray:
+                n_active: int | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
         if logits is not None:
             n_active = logits.shape[0]
         dense = [self.ssm.logprobs(n_active)] if self.ssm else None
         if not self.uses_llm:
             return self.mixer.predict(None, dense=dense, n_active=n_active)
-        return self.mixer.predict(logits, want, dense=dense)
+        return self.mixer.predict(logits, want, dense=dense, hidden=hidden)
 
     def update(self, tokens: np.ndarray) -> None:
         self.mixer.update(tokens)  # the mixer reads this step's SSM output: before the SSM
@@ -96,16 +104,22 @@ class Ensemble:
 
 
 def default_spec(n_tokens: int, uses_llm: bool = True, with_ssm: bool | None = None,
-                 skip: bool = True, preset: int | None = None) -> dict:
+                 skip: bool = True, preset: int | None = None, hidden: int = 0) -> dict:
     """The default ensemble. The SSM is an input only without an LLM: next to the LLM it
     cost bits on small inputs (bench/results/design-figures.md), because the mixer learns
-    to discount a cold SSM too slowly. ``preset``: the mixer preset (default:
-    the latest one for the mode)."""
+    to discount a cold SSM too slowly. ``preset``: the mixer preset (default: the latest
+    one for the mode); ``hidden``: the LLM's hidden size, for presets that read its hidden
+    state (mixed_spec.HIDDEN_PRESETS; 0: the backend gives none, and the default is then
+    the latest preset that needs none)."""
     if with_ssm is None:
         with_ssm = not uses_llm
     if preset is None:
-        preset = mixed.LATEST_PRESET if uses_llm else mixed.LLM_FREE_PRESET
-    mixer_spec = (mixed.preset_spec(n_tokens, n_dense=1 if with_ssm else 0, preset=preset)
+        preset = (mixed.LLM_FREE_PRESET if not uses_llm else
+                  mixed.LATEST_PRESET if hidden else mixed.LATEST_PRESET_NO_HIDDEN)
+    if preset not in mixed.HIDDEN_PRESETS:
+        hidden = 0
+    mixer_spec = (mixed.preset_spec(n_tokens, n_dense=1 if with_ssm else 0, preset=preset,
+                                    hidden=hidden)
                   if skip else
                   mixed.default_spec(n_tokens, n_dense=1 if with_ssm else 0, skip=None))
     return {"kind": Ensemble.kind, "llm": uses_llm, "mixer": mixer_spec,
@@ -123,13 +137,27 @@ def make_ensemble(spec: object, vocab_size: int):
 
 
 def probe_kind(spec: dict) -> tuple:
-    """What distinguishes ensembles for the backend fingerprint: their kind and parts."""
+    """What distinguishes ensembles for the backend fingerprint: their kind and parts (and
+    the hidden size, for an ensemble that reads the LLM's hidden states)."""
     if spec.get("kind") == Ensemble.kind:
-        return (Ensemble.kind, bool(spec.get("llm")), spec.get("ssm") is not None)
+        kind = (Ensemble.kind, bool(spec.get("llm")), spec.get("ssm") is not None)
+        hidden = hidden_size_of(spec)
+        return kind + (hidden,) if hidden else kind
     return (str(spec.get("kind")),)
 
 
+def hidden_size_of(spec: dict) -> int:
+    """The LLM hidden size an ensemble spec reads (0: none), from its compact or full
+    mixer spec, unvalidated (make_ensemble validates)."""
+    m = spec.get("mixer") if isinstance(spec, dict) else None
+    if not isinstance(m, dict):
+        return 0
+    h = m.get("hidden") if "preset" in m else (m.get("lowrank") or {}).get("hidden")
+    return h if type(h) is int and h > 0 else 0
+
+
 PROBE_PRESET = frozen.PROBE_PRESET  # a different one would change every fingerprint
+PROBE_PRESET_HIDDEN = frozen.PROBE_PRESET_HIDDEN  # the same, for hidden-state ensembles
 
 
 def probe_spec(spec: dict, n_tokens: int) -> dict:
@@ -137,5 +165,8 @@ def probe_spec(spec: dict, n_tokens: int) -> dict:
     the fingerprint covers every kernel (and libm function) the real one uses."""
     kind = probe_kind(spec)
     if kind[0] == Ensemble.kind:
+        if len(kind) > 3:
+            return default_spec(n_tokens, uses_llm=kind[1], with_ssm=kind[2],
+                                preset=PROBE_PRESET_HIDDEN, hidden=kind[3])
         return default_spec(n_tokens, uses_llm=kind[1], with_ssm=kind[2], preset=PROBE_PRESET)
     return {"kind": LLMOnly.kind}

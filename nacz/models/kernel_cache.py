@@ -1,12 +1,13 @@
 """numba's on-disk cache, made safe for kernels that call kernels of other files.
 
-numba invalidates a cached kernel only when the kernel's *own* file changes, yet a cached
-kernel contains every kernel it calls: the fused mixed kernels call across ngram.py,
-match.py, bias.py, mixer.py, sse.py and mixed_kernels.py, and the SSM's forward/backward kernels
-call fmath.py. A change in one file could thus leave stale code in another file's cached
-kernels, i.e. silently different probabilities. Every module with such kernels therefore
-ends with ``refresh_kernel_cache(globals())``, which drops its cached kernels whenever the
-digest of all these sources differs from the one recorded when they were cached.
+numba invalidates a cached kernel only when the kernel's *own* file changes, yet a
+cached kernel contains every kernel it calls: the fused mixed kernels call across
+ngram.py, match.py, bias.py, mixer.py, sse.py, lowrank.py and mixed_kernels.py, and the
+SSM's forward/backward kernels call fmath.py. A change in one file could thus leave
+stale code in another file's cached kernels, i.e. silently different probabilities.
+Every module with such kernels therefore ends with ``refresh_kernel_cache(globals())``,
+which drops its cached kernels whenever the digest of all these sources differs from the
+one recorded when they were cached.
 
 This uses numba's private ``Dispatcher._cache`` (``cache_path``, ``flush``): numba is
 pinned in pyproject.toml, and tests/test_models_mixer.py checks that it still works.
@@ -21,7 +22,7 @@ from numba.core.dispatcher import Dispatcher
 
 _MODELS = Path(__file__).resolve().parent
 KERNEL_SOURCES = ("../kernels.py", "ngram.py", "match.py", "bias.py", "mixer.py",
-                  "sse.py", "mixed_kernels.py", "ssm/fmath.py", "ssm/forward.py",
+                  "sse.py", "lowrank.py", "mixed_kernels.py", "ssm/fmath.py", "ssm/forward.py",
                   "ssm/backward.py")
 
 

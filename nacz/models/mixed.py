@@ -9,8 +9,10 @@ its place, and the match's own learned split (which carries them).
 
 Parts: ngram.py (shared sparse count tables), match.py (shared-history match model and
 its split maps), bias.py (bias head and unigram counts), mixer.py (weights, contexts and
-the passes over V), sse.py (optional: secondary estimation of the LLM's top token). Any
-part but the mixer can be switched off (``null`` in the spec).
+the passes over V), sse.py (optional: secondary estimation of the LLM's top token),
+lowrank.py (optional: a correction of the LLM's logits from its hidden state, which
+``predict`` then takes next to the logits). Any part but the mixer can be switched off
+(``null`` in the spec).
 mixed_spec.py holds the spec and its presets, mixed_kernels.py the two fused kernels
 (``predict_rows``, ``update_rows``) and the named state records they take; this file
 the class that owns the state and calls them.
@@ -37,11 +39,14 @@ from . import match as match_mod
 from . import ngram as ngram_mod  # noqa: F401  (the part modules, as before the split)
 from .bias import BiasHead
 from .match import MatchModel
-from .mixed_kernels import (BiasState, MatchState, MixerState, NgramState, RowState,
-                            SseState, predict_rows, predict_rows_parallel, update_rows)
-from .mixed_spec import (DEFAULT_MAX_BYTES, HARD_MAX_BYTES, KIND, LATEST_PRESET,  # noqa: F401
-                         LLM_FREE_PRESET, MAX_VOCAB, PRESETS, VERSION, default_spec, expand,
-                         preset_spec, skip_spec, tables_bytes, validate, validate_skip)
+from .lowrank import LowRank
+from .mixed_kernels import (BiasState, LowRankState, MatchState, MixerState, NgramState,
+                            RowState, SseState, predict_rows, predict_rows_parallel,
+                            update_rows)
+from .mixed_spec import (DEFAULT_MAX_BYTES, HARD_MAX_BYTES, HIDDEN_PRESETS,  # noqa: F401
+                         KIND, LATEST_PRESET, LATEST_PRESET_NO_HIDDEN, LLM_FREE_PRESET,
+                         MAX_VOCAB, PRESETS, VERSION, default_spec, expand, preset_spec,
+                         skip_spec, tables_bytes, validate, validate_skip)
 from .mixer import MixerWeights
 from .ngram import MAX_ORDER, N_CONF, NGramTables, deterministic_guess
 from .sse import SseMaps
@@ -78,6 +83,10 @@ class MixedEnsemble:
         n_mb = self.match.n_buckets if self.match else 1
         self.mixer = MixerWeights(s["mixer"], n_orders, N_CONF, n_mb)
         self.sse = SseMaps(s["sse"], self.mixer.n_ent) if s.get("sse") else None
+        self.lowrank = LowRank(s["lowrank"], vocab_size) if s.get("lowrank") else None
+        # the LLM hidden state's size predict needs (0: none)
+        self.hidden_size = self.lowrank.hidden if self.lowrank else 0
+        self._no_hidden = np.zeros((1, 1), dtype=np.float32)
         m = s["mixer"]
         self._lr, self._lr_l = m["lr"], m["lr_llm"]
         self._w_min, self._w_max = m["w_min"], m["w_max"]
@@ -125,6 +134,8 @@ class MixedEnsemble:
             n += self.bias.nbytes
         if self.sse:
             n += self.sse.nbytes
+        if self.lowrank:
+            n += self.lowrank.nbytes + self._p_lbuf.nbytes
         return int(n)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -143,6 +154,8 @@ class MixedEnsemble:
         self.mixer.reset()
         if self.sse:
             self.sse.reset()
+        if self.lowrank:
+            self.lowrank.reset(S)
         self._probs = np.zeros((S, V), dtype=np.float64)
         self._ring = np.zeros((S, MAX_ORDER), dtype=np.int32)
         self._rcount = np.zeros(S, dtype=np.int64)
@@ -183,6 +196,7 @@ class MixedEnsemble:
         self._p_mark = np.zeros((K, V), dtype=np.uint8)
         self._p_touch = np.zeros((K, nf + 1), dtype=np.int32)
         self._p_acc = np.zeros((K, 2 + max(1, self.n_dense)), dtype=np.float64)
+        self._p_lbuf = np.zeros((K, V if self.lowrank else 1), dtype=np.float64)
         self._pending = None
         self._build_records()
 
@@ -200,6 +214,8 @@ class MixedEnsemble:
                            w_min=self._w_min, w_max=self._w_max)
         sse = self.sse if self.sse is not None else absent.sse
         self._ss = _record(SseState, sse, on=self.sse is not None)
+        lw = self.lowrank if self.lowrank is not None else absent.lowrank
+        self._lw = _record(LowRankState, lw, on=self.lowrank is not None)
         self._rs = RowState(**{f: getattr(self, "_" + f) for f in RowState._fields})
 
     # -- the engine's calls -------------------------------------------------------------
@@ -229,13 +245,16 @@ class MixedEnsemble:
         return out
 
     def predict(self, logits: np.ndarray | None, has_llm: np.ndarray | None = None,
-                dense=None, n_active: int | None = None) -> np.ndarray:
+                dense=None, n_active: int | None = None,
+                hidden: np.ndarray | None = None) -> np.ndarray:
         """Probabilities (A, V) float64 of the active streams. ``logits`` (A, V) float32
         or None (no LLM); rows where ``has_llm`` is False are predicted without the LLM
         (their logits are ignored). ``dense``: the extra log-probability inputs (<= 0,
         e.g. the SSM's), (D, A, V) or a list of D arrays (A, V), float32 or float64, D as
         in the spec; they are used in every row. ``n_active``: A when there are no logits
-        and no has_llm. The arrays must stay unchanged until ``update``."""
+        and no has_llm. ``hidden``: with the low-rank part, the LLM's hidden states (A,
+        hidden_size) float32, read on the rows with the LLM. The arrays must stay
+        unchanged until ``update``."""
         V = self.vocab_size
         if logits is None:
             if has_llm is not None:
@@ -264,16 +283,19 @@ class MixedEnsemble:
         if not 0 < A <= self.n_streams:
             raise ValueError(f"{A} active streams, but reset for {self.n_streams}")
         dn = self._dense_input(dense, A)
+        hd = self._hidden_input(hidden, hl)
         bmax = self.bias.bmax if self.bias else 0.0
+        lbuf = self.lowrank.lbuf if self.lowrank else self._absent.lowrank.lbuf
         if self._lanes > 1 and A > 1:
             if numba.get_num_threads() != self._lanes:  # (a per-thread setting in numba)
                 numba.set_num_threads(self._lanes)
             predict_rows_parallel(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm,
-                                  self._bh, self._mx, self._ss, self._rs, self._p_add,
-                                  self._p_mark, self._p_touch, self._p_acc)
+                                  self._bh, self._mx, self._ss, self._lw, hd, self._rs,
+                                  self._p_add, self._p_mark, self._p_touch, self._p_acc,
+                                  self._p_lbuf)
         else:
             predict_rows(A, lg, hl, dn, self.n_dense, bmax, self._ng, self._mm, self._bh,
-                         self._mx, self._ss, self._rs)
+                         self._mx, self._ss, self._lw, hd, self._rs, lbuf)
         self._pending = (A, lg, hl, dn)
         return self._probs[:A]
 
@@ -296,9 +318,25 @@ class MixedEnsemble:
                       (toks[has] == self._guess_tok[:A][has]).astype(np.int64))
             self._guess_key[:A] = -1
         bmax = update_rows(A, toks, lg, hl, dn, self.n_dense, self._ng, self._mm, self._bh,
-                           self._mx, self._ss, self._rs)
+                           self._mx, self._ss, self._lw, self._rs)
         if self.bias:
             self.bias.bmax = bmax
+
+    def _hidden_input(self, hidden, has_llm: np.ndarray) -> np.ndarray:
+        """(A, hidden_size) float32, C-contiguous (a stand-in without the low-rank part)."""
+        if not self.lowrank:
+            if hidden is not None:
+                raise ValueError("this ensemble takes no hidden states")
+            return self._no_hidden
+        if not np.any(has_llm):
+            return self._no_hidden  # (never read: no row has the LLM)
+        if hidden is None:
+            raise ValueError("this ensemble needs the LLM's hidden states")
+        hd = np.ascontiguousarray(hidden, dtype=np.float32)
+        if hd.shape != (len(has_llm), self.hidden_size):
+            raise ValueError(f"hidden states must have shape ({len(has_llm)}, "
+                             f"{self.hidden_size})")
+        return hd
 
     def _dense_input(self, dense, A: int) -> np.ndarray:
         """(D, A, V) float32 or float64, without a copy where possible (one (A, V)
@@ -348,7 +386,11 @@ def _absent_parts(vocab_size: int) -> SimpleNamespace:
         bias=SimpleNamespace(b=zero_b, u0=zero_b, u0max_arr=f64, counts=f64, lr=0.0,
                              lr_free=0.0, alpha0=1.0),
         sse=SimpleNamespace(t=f64, n=i64, n_ent=1, mask=0, points=1, range=1.0, limit=1,
-                            weight=1.0))
+                            weight=1.0),
+        lowrank=SimpleNamespace(a=f64.reshape(1, 1), b=f64.reshape(1, 1),
+                                slot=i32, order=i32, n_used=i64, sel=i32,
+                                u=f64.reshape(1, 1), z=f64.reshape(1, 1), gz=f64, lr=0.0,
+                                lr_hidden=0.0, min_q=1.0, lbuf=f64))
 
 
 def make(spec: object, vocab_size: int) -> MixedEnsemble:

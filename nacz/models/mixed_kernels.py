@@ -19,8 +19,9 @@ import numba
 import numpy as np
 
 from ..kernels import bucket
-from .bias import bias_update, unigram_update
+from .bias import _row_coefs, bias_update, unigram_update
 from .kernel_cache import refresh_kernel_cache
+from .lowrank import corrected_bias, features, learn_row
 from .match import apm_update, length_bucket, match_update, predicted, split_prob
 from .mixer import (bias_exp, clamp, copy_pass, dense_pass, normalize, normalize_split,
                     row_max, sparse_pass)
@@ -42,6 +43,9 @@ MixerState = namedtuple("MixerState", "ent_edges n_mb n_llm_ctx w_llm w_dense u 
                         "w_min w_max")
 # the secondary estimation of the LLM's favourite token (sse.py)
 SseState = namedtuple("SseState", "on t n n_ent mask points range limit weight")
+# the low-rank correction of the LLM's logits from its hidden state (lowrank.py)
+LowRankState = namedtuple("LowRankState", "on a b slot order n_used sel u z gz lr lr_hidden "
+                          "min_q")
 # per-stream work of one step: context hashes and histories, the sparse feature lists,
 # the contexts that chose the weights, the split, scratch, and the probabilities
 # (mtok: the match model's prediction; stok: the token q is split on, the match's or the
@@ -52,7 +56,8 @@ RowState = namedtuple("RowState", "hashes ring rcount sp_tok sp_ord sp_val sp_n 
 
 
 @numba.njit(cache=True, nogil=True)
-def predict_rows(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs):
+def predict_rows(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, lw, hidden,
+                 rs, lbuf):
     """Probabilities of rows 0..A-1, one after the other:
     1. sparse features: n-gram lists and the match prediction (from the tables as left
        by the previous update);
@@ -63,16 +68,18 @@ def predict_rows(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, r
     5. a row with a match splits q: the predicted token gets the probability its APM
        maps q's own to (match.py); with SSE on, a row with the LLM and no match splits
        q the same way on the LLM's argmax token (sse.py).
+    With the low-rank part on, a row with the LLM adds its correction (lowrank.py, from
+    ``hidden[r]``) to the bias head's b in step 2 and 3 (``lbuf``: V entries of scratch).
     Rows without the LLM and dense inputs share their dense part, computed once."""
     shared_dense_part(A, has_llm, n_dense, bmax, bh, rs.ebuf)
     for r in range(A):
-        predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs, rs.add,
-                    rs.mark, rs.touch, rs.acc)
+        predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, lw, hidden,
+                    rs, rs.add, rs.mark, rs.touch, rs.acc, lbuf)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def predict_rows_parallel(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs,
-                          p_add, p_mark, p_touch, p_acc):
+def predict_rows_parallel(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, lw,
+                          hidden, rs, p_add, p_mark, p_touch, p_acc, p_lbuf):
     """predict_rows with the rows spread over K = len(p_add) lanes: lane k codes rows
     k, k + K, ... in order with scratch of its own (p_*[k]). Every row reads only state
     that predict never writes and writes only its own outputs, and each row's arithmetic
@@ -82,8 +89,8 @@ def predict_rows_parallel(A, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, 
     K = p_add.shape[0]
     for k in numba.prange(K):
         for r in range(k, A, K):
-            predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs,
-                        p_add[k], p_mark[k], p_touch[k], p_acc[k])
+            predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, lw,
+                        hidden, rs, p_add[k], p_mark[k], p_touch[k], p_acc[k], p_lbuf[k])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -99,10 +106,10 @@ def shared_dense_part(A, has_llm, n_dense, bmax, bh, ebuf):
 
 
 @numba.njit(cache=True, nogil=True)
-def predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs, add, mark,
-                touch, acc):
+def predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, lw, hidden, rs,
+                add, mark, touch, acc, lbuf):
     """Row r of predict_rows, with the scratch given (``add``, ``mark``: V entries, zero
-    on entry and on return; ``touch``, ``acc``)."""
+    on entry and on return; ``touch``, ``acc``; ``lbuf``: V entries, the low-rank part's)."""
     ng_on, tab, bases, masks, width, orders, logtab = (
         ng.on, ng.tab, ng.bases, ng.masks, ng.width, ng.orders, ng.logtab)
     m_on, hist_tok, n_hist, mptr, mlen, medges, apm_t, apm_points, apm_range = (
@@ -157,9 +164,14 @@ def predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs
     for i in range(nt):
         mark[touch[i]] = 1
     wctx[r] = cw
+    bb, bbmax = b, bmax  # the bias head's b, or b plus this row's low-rank correction
+    if use_llm and lw.on:
+        features(lw.b, hidden[r], lw.u[r], lw.z[r])
+        bbmax = corrected_bias(lw.a, lw.order, lw.n_used, lw.z[r], b, bmax, lbuf)
+        bb = lbuf
     ent = 0.0
     if use_llm or n_dense > 0:
-        ent = dense_pass(out[r], row, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r,
+        ent = dense_pass(out[r], row, use_llm, wl, lmax, bb, bbmax, u0, u0max, dense, r,
                          w_dense[cw], n_dense, mark, acc)
     else:
         copy_pass(out[r], ebuf, mark, acc)  # ebuf: shared_dense_part, before the rows
@@ -175,7 +187,7 @@ def predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs
     for i in range(n):
         j = sp_ord[r, i]
         add[sp_tok[r, i]] += (u[c, j] + v[g, j, conf[r, j]]) * sp_val[r, i]
-    sparse_pass(out[r], row, use_llm, wl, lmax, b, bmax, u0, u0max, dense, r, w_dense[cw],
+    sparse_pass(out[r], row, use_llm, wl, lmax, bb, bbmax, u0, u0max, dense, r, w_dense[cw],
                 n_dense, add, touch, nt, mark, acc, st)
     for i in range(nt):
         add[touch[i]] = 0.0
@@ -204,11 +216,11 @@ def predict_row(r, logits, has_llm, dense, n_dense, bmax, ng, mm, bh, mx, ss, rs
 
 
 @numba.njit(cache=True, nogil=True)
-def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, ss, rs):
+def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, ss, lw, rs):
     """Learn from the true tokens of rows 0..A-1, in order: mixer weights (gradient of
     q's code length), n-gram counts, the APM maps, the stream histories and the match
-    model, then the unigram counts and the bias head. Returns the bias head's new bmax
-    (0.0 without a bias head)."""
+    model, then the unigram counts and the bias head, then the low-rank correction (rows
+    with the LLM). Returns the bias head's new bmax (0.0 without a bias head)."""
     ng_on, tab, bases, masks, width = ng.on, ng.tab, ng.bases, ng.masks, ng.width
     m_on, hist_tok, hist_prv, hist_nxt, n_hist, table, last_pos, mptr, mlen = (
         mm.on, mm.hist_tok, mm.hist_prv, mm.hist_nxt, mm.n_hist, mm.table, mm.last_pos,
@@ -278,11 +290,20 @@ def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, ss, 
         if m_on:
             match_update(r, y, mt, ring, rcount, hist_tok, hist_prv, hist_nxt, n_hist, table,
                          last_pos, mptr, mlen, hits, tries, medges, min_len, verify)
+    new_bmax = 0.0
     if b_on:
         u0max[0] = unigram_update(counts, u0, alpha0, u0max[0], tokens, A)
-        return bias_update(b, probs, tokens, A, lr_b, stok, mix_ph, mix_s, mix_q, has_llm,
-                           lr_bf)
-    return 0.0
+        new_bmax = bias_update(b, probs, tokens, A, lr_b, stok, mix_ph, mix_s, mix_q,
+                               has_llm, lr_bf)
+    if lw.on:
+        for r in range(A):
+            if has_llm[r]:
+                c, fix = _row_coefs(probs[r], 1.0, stok[r], mix_ph[r] > 0.0, mix_s[r],
+                                    mix_q[r])
+                learn_row(lw.a, lw.b, lw.slot, lw.order, lw.n_used, lw.sel, lw.u[r],
+                          lw.z[r], lw.gz, probs[r], c, fix, stok[r], tokens[r], lw.lr,
+                          lw.lr_hidden, lw.min_q)
+    return new_bmax
 
 
 refresh_kernel_cache(globals())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..validation import ENSEMBLE as check
 from . import bias as bias_mod
+from . import lowrank as lowrank_mod
 from . import match as match_mod
 from . import mixer as mixer_mod
 from . import ngram as ngram_mod
@@ -16,16 +17,18 @@ MAX_VOCAB = 1 << ngram_mod.TOKEN_BITS
 DEFAULT_MAX_BYTES = 256 << 20
 HARD_MAX_BYTES = 1 << 30  # a header may not make the decoder allocate more tables than this
 SPEC_KEYS = {"kind", "version", "ngram", "match", "bias", "mixer", "skip"}
-OPTIONAL_KEYS = {"sse"}  # absent in the specs of presets 1-3 (their expansions are frozen)
+OPTIONAL_KEYS = {"sse", "lowrank"}  # absent in older presets' specs (their expansions are
+# frozen): "sse" from preset 4, "lowrank" from preset 5
 
 
 # -- spec ------------------------------------------------------------------------------
 def default_spec(n_tokens: int, vocab_size: int = 49152, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  n_dense: int = 0, ngram: bool = True, match: bool = True,
                  bias: bool = True, skip: bool = True, det_skip: bool = True,
-                 sse: bool = False) -> dict:
+                 sse: bool = False, hidden: int = 0) -> dict:
     """The default ensemble for an input of ``n_tokens`` tokens; the n-gram and match
-    tables together stay within ``max_bytes``."""
+    tables together stay within ``max_bytes``. ``hidden`` > 0: with the low-rank
+    correction from an LLM hidden state of that size."""
     n_tokens = max(1, int(n_tokens))
     if not 1 << 20 <= max_bytes <= HARD_MAX_BYTES:
         raise ValueError("max_bytes out of range")
@@ -42,6 +45,8 @@ def default_spec(n_tokens: int, vocab_size: int = 49152, *, max_bytes: int = DEF
     }
     if sse:
         spec["sse"] = sse_mod.default_spec()
+    if hidden:
+        spec["lowrank"] = lowrank_mod.default_spec(hidden)
     return spec
 
 
@@ -88,6 +93,8 @@ def validate(spec: object) -> dict:
            "skip": None if d["skip"] is None else validate_skip(d["skip"])}
     if d.get("sse") is not None:
         out["sse"] = sse_mod.validate(d["sse"])
+    if d.get("lowrank") is not None:
+        out["lowrank"] = lowrank_mod.validate(d["lowrank"])
     if out["skip"] is not None and out["match"] is None:
         raise check.error("skip needs the match model")
     if out["skip"] is not None and "det_permille" in out["skip"] and out["ngram"] is None:
@@ -104,6 +111,7 @@ def validate(spec: object) -> dict:
 # bytes) and the decoder expands it. A preset's expansion may never change (old files
 # name it): tests pin it. Tuning the defaults means adding a preset, not editing one.
 PRESET_KEYS = {"kind", "version", "preset", "n_tokens", "dense"}
+HIDDEN_PRESETS = {5}  # presets that also name the LLM's hidden size ("hidden", required)
 MAX_PRESET_TOKENS = 1 << 48
 
 
@@ -130,30 +138,53 @@ def _preset_4(n_tokens: int, vocab_size: int, n_dense: int) -> dict:
     return default_spec(n_tokens, vocab_size, n_dense=n_dense, det_skip=True, sse=True)
 
 
-PRESETS = {1: _preset_1, 2: _preset_2, 3: _preset_3, 4: _preset_4}
-LATEST_PRESET = 4  # with an LLM (files of presets 1 and 2 keep decoding)
+def _preset_5(n_tokens: int, vocab_size: int, n_dense: int, hidden: int) -> dict:
+    """Preset 4 plus the low-rank correction from the LLM's hidden state (lowrank.py)."""
+    return default_spec(n_tokens, vocab_size, n_dense=n_dense, det_skip=True, sse=True,
+                        hidden=hidden)
+
+
+PRESETS = {1: _preset_1, 2: _preset_2, 3: _preset_3, 4: _preset_4, 5: _preset_5}
+LATEST_PRESET = 5  # with an LLM (files of every older preset keep decoding) ...
+LATEST_PRESET_NO_HIDDEN = 4  # ... and with an LLM whose backend gives no hidden states
 LLM_FREE_PRESET = 3
 
 
-def preset_spec(n_tokens: int, n_dense: int = 0, preset: int = LATEST_PRESET) -> dict:
-    """The compact spec naming ``preset`` for an input of ``n_tokens`` tokens."""
+def preset_spec(n_tokens: int, n_dense: int = 0, preset: int | None = None,
+                hidden: int = 0) -> dict:
+    """The compact spec naming ``preset`` for an input of ``n_tokens`` tokens (``hidden``:
+    the LLM's hidden size, for the presets that take it). Default: the latest preset, or
+    without a hidden size the latest one that needs none."""
+    if preset is None:
+        preset = LATEST_PRESET if hidden else LATEST_PRESET_NO_HIDDEN
     if preset not in PRESETS:
         raise ValueError(f"no ensemble preset {preset}")
-    return {"kind": KIND, "version": VERSION, "preset": preset,
+    if (preset in HIDDEN_PRESETS) != (hidden > 0):
+        raise ValueError(f"preset {preset} " + ("needs" if preset in HIDDEN_PRESETS
+                                                else "takes no") + " hidden size")
+    spec = {"kind": KIND, "version": VERSION, "preset": preset,
             "n_tokens": max(1, int(n_tokens)), "dense": int(n_dense)}
+    if hidden:
+        spec["hidden"] = int(hidden)
+    return spec
 
 
 def expand(spec: object, vocab_size: int) -> dict:
     """The full, validated spec of a full or compact (preset) spec; FormatError if bad."""
     if isinstance(spec, dict) and "preset" in spec:
-        d = check.obj(spec, "ensemble", PRESET_KEYS)
+        hidden = type(spec["preset"]) is int and spec["preset"] in HIDDEN_PRESETS
+        d = check.obj(spec, "ensemble", PRESET_KEYS | ({"hidden"} if hidden else set()))
         if d["kind"] != KIND or type(d["version"]) is not int or d["version"] != VERSION:
             raise check.error("unknown ensemble kind or version")
         if type(d["preset"]) is not int or d["preset"] not in PRESETS:
             raise check.error("unknown ensemble preset")
         n_tokens = check.integer(d["n_tokens"], "n_tokens", 1, MAX_PRESET_TOKENS)
         n_dense = check.integer(d["dense"], "dense", 0, mixer_mod.MAX_DENSE)
-        spec = PRESETS[d["preset"]](n_tokens, vocab_size, n_dense)
+        if hidden:
+            size = check.integer(d["hidden"], "hidden", 1, lowrank_mod.MAX_HIDDEN)
+            spec = PRESETS[d["preset"]](n_tokens, vocab_size, n_dense, size)
+        else:
+            spec = PRESETS[d["preset"]](n_tokens, vocab_size, n_dense)
     return validate(spec)
 
 
