@@ -27,14 +27,19 @@ MIN_BLOCK_SIZE = 1 << 10
 MAX_BLOCK_SIZE = 1 << 30
 DEFAULT_BLOCK_SIZE = {1: 16 << 20}  # per level; other levels: LLM_BLOCK_SIZE
 LLM_BLOCK_SIZE = 1 << 20
+# The LLM levels on a GPU: a block's streams are what fills one batch, and the levels' stream
+# lengths stay as on the CPU (presets.GPU_MAX_STREAMS), so a block needs more tokens.
+GPU_BLOCK_SIZE = 4 << 20
 
 
 def is_llm_free(model) -> bool:
     return isinstance(model, str) and model == LLM_FREE
 
 
-def default_block_size(level: int) -> int:
-    return DEFAULT_BLOCK_SIZE.get(level, LLM_BLOCK_SIZE)
+def default_block_size(level: int, device: str = "cpu") -> int:
+    if level in DEFAULT_BLOCK_SIZE:
+        return DEFAULT_BLOCK_SIZE[level]
+    return GPU_BLOCK_SIZE if device == "cuda" else LLM_BLOCK_SIZE
 
 
 @dataclass(frozen=True)
@@ -95,24 +100,24 @@ def make_plan(model=None, level: int | None = None, streams: int | None = None,
               window: int | None = None, slide: int | None = None, sinks: int | None = None,
               block_size: int | None = None, backend: str = LLAMA, device: str = "cpu") -> Plan:
     require(backend, device)  # before any work: a missing torch or CUDA is one line
-    pre = preset(level)
+    pre = preset(level, device)
     llm_free = is_llm_free(model) or (pre.model_format == LLM_FREE and not model
                                       and backend == LLAMA)
     if llm_free and backend != LLAMA:
         raise NaczError(f"--backend {backend} needs an LLM (not --model none)")
     if llm_free and pre.model_format != LLM_FREE:
-        pre = preset(LLM_FREE_LEVEL)  # --model none: the LLM-free level's settings
+        pre = preset(LLM_FREE_LEVEL, device)  # --model none: the LLM-free level's settings
     elif not llm_free and pre.model_format == LLM_FREE:
-        pre = preset(FASTEST_LLM_LEVEL)  # -1 --model X: an LLM needs many streams
+        pre = preset(FASTEST_LLM_LEVEL, device)  # -1 --model X: an LLM needs many streams
     win = window or pre.window
     sl = slide or (win // 2 if window else pre.slide)
     sk = sinks or SINKS
     if win > hparams.MAX_WINDOW:
         raise NaczError(f"window {win} exceeds the limit of {hparams.MAX_WINDOW}")
     if block_size is None:
-        # The level asked for, not the one an LLM-free/explicit model switched to: -1's
-        # block size with -1's speed.
-        block_size = default_block_size(pre.level)
+        # The level whose settings are used (--model none or -1 --model X switch it), so
+        # that -1's block size goes with -1's speed; larger on a GPU.
+        block_size = default_block_size(pre.level, device)
     if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
         raise NaczError(f"block size must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} "
                         "bytes")
