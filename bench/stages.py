@@ -87,7 +87,10 @@ def measure(rt, args, n_streams: int) -> dict:
     table = {s: [] for s in STAGES}
     backend = backends.make(rt, args.backend, args.device, args.window, args.window // 2,
                             SINKS, threads=codec.default_threads())
-    ensemble = make_ensemble(default_spec(n_tokens, uses_llm=True), rt.model.vocab_size)
+    # the default level's ensemble: preset 5 reads the LLM's hidden states (engine.run then
+    # asks the backend for them, and llama.cpp outputs every row)
+    ensemble = make_ensemble(default_spec(n_tokens, uses_llm=True, hidden=backend.hidden_size),
+                             rt.model.vocab_size)
     encoder = Encoder()
 
     def code(probs, t):

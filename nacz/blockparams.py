@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import params as hparams
 from .errors import FormatError
+from .frozen import PROBE_PRESET_HIDDEN
 from .models.ensemble import probe_kind
 from .models.lowrank import MAX_HIDDEN
 
@@ -61,7 +62,7 @@ def probe_spec_of(shared: dict) -> dict:
             and type(kind[3]) is int and 1 <= kind[3] <= MAX_HIDDEN):
         # an ensemble that reads the LLM's hidden states, of this size (preset 5 on)
         return {"kind": "ensemble", "llm": True, "ssm": {} if kind[2] else None,
-                "mixer": {"preset": 5, "hidden": kind[3]}}
+                "mixer": {"preset": PROBE_PRESET_HIDDEN, "hidden": kind[3]}}
     raise FormatError("corrupt header (bad 'probe')")
 
 

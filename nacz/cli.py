@@ -406,8 +406,8 @@ def _levels(f):
 @click.option("--backend", type=click.Choice(["llama", "torch"]),
               help="LLM backend: llama (llama.cpp, default) or torch (needs nacz[gpu]).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]),
-              help="Device of the torch backend (default cpu); cuda: up to 1,024 streams and "
-                   "4 MiB blocks. Decompression needs the same.")
+              help="Device of the torch backend (default cpu); cuda: more streams and 4 MiB "
+                   "blocks. Decompression needs the same.")
 def compress(files, **kw):
     """Compress FILES to FILE.nc. Levels -1 (fastest) ... -9 (best ratio); default -6."""
     if kw.get("device") == "cuda" and kw.get("backend") != "torch":

@@ -66,7 +66,8 @@ class Plan:
         return self.preset.model_format
 
     def stream_lengths(self, n_tokens: int) -> list[int]:
-        """The block's streams: from its token count and the level, never the machine."""
+        """The block's streams: from its token count, the level and --device, never the
+        machine."""
         n = self.streams if self.streams else self.preset.streams_for(n_tokens)
         max_streams, max_cells = hparams.limits(
             {"device": self.device} if self.backend == TORCH else None)

@@ -2,7 +2,8 @@
 
 A level only chooses parameters; every parameter it chooses is written into the file, so
 decompression never needs to know the level (it is recorded for ``nacz info`` only).
-Stream counts depend on the input's token count and the level, never on the machine.
+Stream counts depend on the input's token count, the level and --device (recorded in the
+file), never on the machine.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ PRESETS = {
 # On a GPU (the torch backend, --device cuda) a step of S streams costs about the same for
 # S = 16 and S = 1,024, so the levels keep their tokens per stream (the cold-start cost in
 # bits) and their window, and only lift the cap on streams; plan.py gives them larger
-# blocks to fill the batch (at -6, a 4 MiB block of ~1.2 M tokens makes ~290 streams).
+# blocks to fill the batch (at -6, a 4 MiB block of ~1.2 M tokens makes 256 streams).
+# The cap keeps a block's float32 KV cache within GPU_KV_CELLS cells (~46 KB each for
+# SmolLM2: 2^18 cells are ~12 GB), so the default levels fit a 16-24 GB card; more is
+# --streams. A constant, not the card's free memory: the output never depends on it.
 GPU_MAX_STREAMS = 1024
+GPU_KV_CELLS = 1 << 18
 
 
 def preset(level: int | None, device: str = "cpu") -> Preset:
@@ -73,4 +78,5 @@ def for_device(pre: Preset, device: str) -> Preset:
     which runs no LLM, is the same everywhere."""
     if device != "cuda" or pre.model_format == "none":
         return pre
-    return replace(pre, max_streams=max(pre.max_streams, GPU_MAX_STREAMS))
+    cap = min(GPU_MAX_STREAMS, GPU_KV_CELLS // pre.window)
+    return replace(pre, max_streams=max(pre.max_streams, cap))

@@ -14,9 +14,11 @@ def test_probe_is_frozen():
     assert hashlib.sha256(frozen.PROBE_TEXT).hexdigest() == \
         "af668d94032c72abc4f8ad4e77de00f0ee3a0a1ea0cb313a53db359d229cf6b3"
     assert frozen.PROBE_PRESET == 2
+    assert frozen.PROBE_PRESET_HIDDEN == 5
     # the modules that use them take them from frozen.py, not from a copy of their own
     assert llama.PROBE_TEXT is frozen.PROBE_TEXT
     assert ensemble.PROBE_PRESET is frozen.PROBE_PRESET
+    assert ensemble.PROBE_PRESET_HIDDEN is frozen.PROBE_PRESET_HIDDEN
 
 
 def test_ssm_default_spec_is_frozen():

@@ -49,7 +49,8 @@ def test_golden_set_is_complete():
     assert {"empty", "binary", "text", "text-llm-free", "text-llm-free-alphabet",
             "hybrid", "text-plain-buffers", "text-plain-buffers-2-streams",
             "blocks-empty", "blocks-binary", "blocks-llm-free", "blocks-text",
-            "blocks-text-preset-4", "blocks-text-preset-5"} <= set(NAMES)
+            "blocks-text-preset-4", "blocks-text-preset-5",
+            "blocks-text-preset-5-ssm"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -84,6 +85,7 @@ def test_the_preset_5_golden_file_reads_the_hidden_state():
     """The golden file of preset 5 pins the low-rank part and a fingerprint over the
     probe's hidden states: its shared settings must say so."""
     import io
-    packed = (GOLDEN / "blocks-text-preset-5.nc").read_bytes()
-    shared = stream.read_layout(io.BytesIO(packed), len(packed))[0].params
-    assert shared["probe"] == ["ensemble", True, False, 576]
+    for name, ssm in (("blocks-text-preset-5", False), ("blocks-text-preset-5-ssm", True)):
+        packed = (GOLDEN / f"{name}.nc").read_bytes()
+        shared = stream.read_layout(io.BytesIO(packed), len(packed))[0].params
+        assert shared["probe"] == ["ensemble", True, ssm, 576], name

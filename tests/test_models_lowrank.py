@@ -157,6 +157,25 @@ def test_bad_lowrank_specs_are_format_errors(bad):
         MixedEnsemble(json.loads(json.dumps(spec)), SMALL_V)
 
 
+@pytest.mark.parametrize("mixer", [{"lowrank": 1}, {"lowrank": "x"}, {"lowrank": [1]},
+                                   {"preset": 5, "hidden": "576"}, "x", None])
+def test_hidden_size_of_a_crafted_spec_is_zero_not_a_crash(mixer):
+    # parse_block and the fingerprint's cache key read it before make_ensemble validates
+    assert hidden_size_of({"kind": "ensemble", "llm": True, "mixer": mixer, "ssm": None}) == 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_hidden_state_gives_zero_features(bad):
+    h = np.linspace(-1.0, 1.0, 16).astype(np.float32)
+    h[3] = bad
+    bm = np.ones((4, 16))
+    u, z = np.full(16, 7.0), np.full(4, 7.0)
+    lowrank.features(bm, h, u, z)
+    assert not u.any() and not z.any()
+    lowrank.features(bm, np.zeros(16, np.float32), u, z)
+    assert not u.any() and not z.any()
+
+
 def test_the_seeded_start_is_pinned():
     """B's start comes from integer hashing (seeding.uniform): the same on every
     platform and numpy version; pinned because files rely on it."""

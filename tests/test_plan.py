@@ -12,7 +12,7 @@ from nacz import params as hparams
 from nacz.errors import NaczError
 from nacz.plan import (DEFAULT_BLOCK_SIZE, GPU_BLOCK_SIZE, LLM_BLOCK_SIZE, Plan,
                        default_block_size)
-from nacz.presets import GPU_MAX_STREAMS, PRESETS, preset
+from nacz.presets import GPU_KV_CELLS, GPU_MAX_STREAMS, PRESETS, preset
 
 
 def _plan(level: int, device: str = "cpu", window: int | None = None) -> Plan:
@@ -27,11 +27,14 @@ def test_gpu_levels_keep_stream_length_and_window_and_lift_the_cap(level):
     cpu, gpu = preset(level), preset(level, "cuda")
     assert (gpu.window, gpu.slide, gpu.min_tokens_per_stream, gpu.ensemble) == \
         (cpu.window, cpu.slide, cpu.min_tokens_per_stream, cpu.ensemble)
-    assert gpu.max_streams == GPU_MAX_STREAMS > cpu.max_streams
+    # many more streams, within the KV budget of a 16-24 GB card
+    assert gpu.max_streams == min(GPU_MAX_STREAMS, GPU_KV_CELLS // gpu.window)
+    assert gpu.max_streams >= 4 * cpu.max_streams
+    assert gpu.max_streams * gpu.window <= GPU_KV_CELLS
     # a small block codes exactly as on the CPU; a large one gets many more streams
     assert gpu.streams_for(10_000) == cpu.streams_for(10_000)
     many = GPU_MAX_STREAMS * gpu.min_tokens_per_stream
-    assert gpu.streams_for(many) == GPU_MAX_STREAMS
+    assert gpu.streams_for(many) == gpu.max_streams
     assert cpu.streams_for(many) == cpu.max_streams
 
 
@@ -51,13 +54,14 @@ def test_block_sizes_per_device():
 def test_default_gpu_block_fills_hundreds_of_streams_within_the_kv_limit():
     # ~3.4 bytes per token on English: a 4 MiB block at -6 is ~1.2 M tokens
     lengths = _plan(6, "cuda").stream_lengths(1_200_000)
-    assert len(lengths) == 1_200_000 // PRESETS[6].min_tokens_per_stream == 292
+    assert len(lengths) == GPU_KV_CELLS // PRESETS[6].window == 256
     assert sum(lengths) == 1_200_000
+    assert len(_plan(2, "cuda").stream_lengths(1_200_000)) == 682
     assert len(_plan(6).stream_lengths(1_200_000)) == PRESETS[6].max_streams
     _, cells = hparams.limits({"device": "cuda"})
     for level, pre in PRESETS.items():  # every level's fullest batch fits the cache
         if pre.model_format != "none":
-            assert GPU_MAX_STREAMS * pre.window <= cells, level
+            assert preset(level, "cuda").max_streams * pre.window <= GPU_KV_CELLS <= cells
 
 
 def test_stream_lengths_refuse_a_batch_beyond_the_kv_limit():

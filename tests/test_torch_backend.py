@@ -222,3 +222,11 @@ def test_cuda_files_may_ask_for_more_streams_than_cpu_files(files):
     d["context"]["window"] = 4096  # 1,024 x 4,096 cells: past the CUDA limit too
     with pytest.raises(FormatError, match="KV cache limit"):
         params.parse(d)
+
+
+def test_a_kv_cache_that_does_not_fit_is_a_one_line_error(torch_backend):
+    # 2^24 streams x window 64: ~25 TB of float32 KV cache; the allocator refuses it
+    with pytest.raises(NaczError, match=r"KV cache of 16777216 streams x window 64 .* GiB"):
+        torch_backend.reset(1 << 24)
+    torch_backend.reset(2)  # the backend stays usable
+    assert torch_backend.step(np.array([1, 2], dtype=np.int32)).shape[0] == 2

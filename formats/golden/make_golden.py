@@ -60,6 +60,9 @@ def originals() -> dict[str, tuple[bytes, codec.Options]]:
         # fingerprint hashes the probe's hidden states too
         "blocks-text-preset-5": (PROSE * 3 + bytes(range(20)) + PROSE[:200],
                                  codec.Options(block_size=1024)),
+        # Preset 5 with the SSM (levels 7-9): the blocks are too short for the SSM, but
+        # the file's probe, and so its fingerprint, runs preset 5 on the SSM's dense input
+        "blocks-text-preset-5-ssm": (PROSE * 2, codec.Options(level=7, block_size=1024)),
         # nacz 0.2: the header records llama.cpp's weight buffers ("plain"), and the
         # fingerprint covers them; two streams decode in one batch (the AMX crash's case)
         "text-plain-buffers": (PROSE, codec.Options()),

@@ -226,8 +226,16 @@ class TorchBackend:
         n_streams = max(1, n_streams)
         self._k = self._v = None  # free the old cache first
         shape = (w.n_layers, n_streams, w.n_kv_heads, self.window, w.head_dim)
-        self._k = torch.zeros(shape, dtype=torch.float32, device=self.device)
-        self._v = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        try:
+            self._k = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            self._v = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        except RuntimeError as e:  # torch.OutOfMemoryError on CUDA, a RuntimeError on CPU
+            self._k = self._v = None
+            gib = 2 * 4 * np.prod(shape, dtype=np.float64) / 2**30
+            raise NaczError(f"the KV cache of {n_streams} streams x window {self.window} "
+                            f"({gib:.1f} GiB) does not fit in {self.device.type} memory "
+                            "here; compress with fewer --streams or a smaller --block-size "
+                            "or --window") from e
         self._n_streams = n_streams
         self._n_past = 0
         self._logits = np.empty((n_streams, self.vocab_size), dtype=np.float32)

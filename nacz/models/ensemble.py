@@ -152,7 +152,9 @@ def hidden_size_of(spec: dict) -> int:
     m = spec.get("mixer") if isinstance(spec, dict) else None
     if not isinstance(m, dict):
         return 0
-    h = m.get("hidden") if "preset" in m else (m.get("lowrank") or {}).get("hidden")
+    lowrank = m.get("lowrank")  # a crafted header may put anything here
+    h = m.get("hidden") if "preset" in m else \
+        lowrank.get("hidden") if isinstance(lowrank, dict) else 0
     return h if type(h) is int and h > 0 else 0
 
 

@@ -120,7 +120,9 @@ class LowRank:
 
 @numba.njit(cache=True, nogil=True)
 def features(bm, h, u, z):
-    """u = h / |h| (zero for a zero or non-finite |h|) and z = B u, sums in index order."""
+    """u = h / |h| (all zero for a zero or non-finite |h|: a NaN or inf entry must not
+    reach A and B, where it would stay for the rest of the block) and z = B u, sums in
+    index order."""
     d = h.shape[0]
     s = 0.0
     for i in range(d):
@@ -128,7 +130,7 @@ def features(bm, h, u, z):
         s += x * x
     inv = 1.0 / math.sqrt(s) if s > 0.0 and s < math.inf else 0.0
     for i in range(d):
-        u[i] = np.float64(h[i]) * inv
+        u[i] = np.float64(h[i]) * inv if inv > 0.0 else 0.0
     for k in range(bm.shape[0]):
         t = 0.0
         for i in range(d):
@@ -181,16 +183,16 @@ def learn_row(a, bm, slot, order, n_used, sel, u, z, gz, p, c, fix, mt, y, lr, l
             g -= fix
         if j == y:
             g -= 1.0
-        i = slot[j]
-        if i < 0:  # its first step: a new row (zero until now)
-            i = n_used[0]
-            slot[j] = i
-            order[i] = j
-            n_used[0] = i + 1
+        row = slot[j]
+        if row < 0:  # its first step: a new row (zero until now)
+            row = n_used[0]
+            slot[j] = row
+            order[row] = j
+            n_used[0] = row + 1
         for k in range(R):
-            x = a[i, k]
+            x = a[row, k]
             gz[k] += g * x
-            a[i, k] = _clip(x - lr * g * z[k])
+            a[row, k] = _clip(x - lr * g * z[k])
     if lr_hidden > 0.0:
         for k in range(R):
             s = lr_hidden * gz[k]

@@ -298,10 +298,10 @@ def update_rows(A, tokens, logits, has_llm, dense, n_dense, ng, mm, bh, mx, ss, 
     if lw.on:
         for r in range(A):
             if has_llm[r]:
-                c, fix = _row_coefs(probs[r], 1.0, stok[r], mix_ph[r] > 0.0, mix_s[r],
-                                    mix_q[r])
+                coef, fix = _row_coefs(probs[r], 1.0, stok[r], mix_ph[r] > 0.0, mix_s[r],
+                                       mix_q[r])
                 learn_row(lw.a, lw.b, lw.slot, lw.order, lw.n_used, lw.sel, lw.u[r],
-                          lw.z[r], lw.gz, probs[r], c, fix, stok[r], tokens[r], lw.lr,
+                          lw.z[r], lw.gz, probs[r], coef, fix, stok[r], tokens[r], lw.lr,
                           lw.lr_hidden, lw.min_q)
     return new_bmax
 
