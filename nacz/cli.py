@@ -50,6 +50,7 @@ class Settings:
     range: tuple[int, int | None] | None = None
     backend: str | None = None
     device: str | None = None
+    dtype: str | None = None
 
 
 def _err(msg: str) -> None:
@@ -103,7 +104,7 @@ def _options(s: Settings, progress=None):
     from .codec import Options
 
     kw = {"model": s.model, "threads": s.threads, "progress": progress}
-    for name in ("streams", "window", "level", "block_size", "backend", "device"):
+    for name in ("streams", "window", "level", "block_size", "backend", "device", "dtype"):
         if getattr(s, name) is not None:  # unset: the library's default
             kw[name] = getattr(s, name)
     return Options(**kw)
@@ -408,10 +409,15 @@ def _levels(f):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]),
               help="Device of the torch backend (default cpu); cuda: more streams and 4 MiB "
                    "blocks. Decompression needs the same.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Compute dtype of the torch backend (default float32; the half-width ones "
+                   "are faster on GPUs). Decompression uses the file's.")
 def compress(files, **kw):
     """Compress FILES to FILE.nc. Levels -1 (fastest) ... -9 (best ratio); default -6."""
     if kw.get("device") == "cuda" and kw.get("backend") != "torch":
         raise click.UsageError("--device cuda needs --backend torch")
+    if kw.get("dtype") not in (None, "float32") and kw.get("backend") != "torch":
+        raise click.UsageError(f"--dtype {kw['dtype']} needs --backend torch")
     return _process(files, _settings(kw), "compress")
 
 

@@ -47,6 +47,7 @@ class Options:
     block_size: int | None = None  # format version 2; None: the level's default
     backend: str = backends.LLAMA  # llama (llama.cpp) | torch (recorded in the header)
     device: str = "cpu"  # cpu | cuda (torch only)
+    dtype: str = backends.DEFAULT_DTYPE  # float32 | bfloat16 | float16 (torch only)
     progress: Progress | None = None
 
 
@@ -179,7 +180,7 @@ def build_encoder(plan: Plan, threads: int = 0) -> Coding:
     mixed.use_threads(threads or default_threads())
     backend = (None if plan.llm_free else
                backends.make(rt, plan.backend, plan.device, plan.window, plan.slide,
-                             plan.sinks, threads or default_threads()))
+                             plan.sinks, threads or default_threads(), plan.dtype))
     return Coding(rt, derived, backend, plan.llm_free)
 
 
@@ -199,7 +200,7 @@ def build_decoder(p: hparams.NeuralParams, opts: Options, probe: dict) -> Coding
         check_compatible(p, rt)
         backend = None if p.backend_name == NO_BACKEND else backends.make(
             rt, backends.TORCH, p.device["device"], p.window, p.slide, p.sinks,
-            opts.threads or default_threads())
+            opts.threads or default_threads(), p.device["dtype"])
         coding = Coding(rt, derived, backend, backend is None)
         fp = coding.fingerprint(probe)
         if fp != p.fingerprint:
@@ -318,7 +319,7 @@ def encode_block(coding: Coding, plan: Plan, data: bytes,
 def plan_for(opts: Options, block_size: int | None = None) -> Plan:
     return make_plan(opts.model, opts.level, opts.streams, opts.window, opts.slide,
                      opts.sinks, block_size if block_size is not None else opts.block_size,
-                     backend=opts.backend, device=opts.device)
+                     backend=opts.backend, device=opts.device, dtype=opts.dtype)
 
 
 def compress(data: bytes, options: Options | None = None) -> bytes:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from . import engine, params as hparams
-from .backends import LLAMA, TORCH, require
+from .backends import DEFAULT_DTYPE, LLAMA, TORCH, require
 from .errors import NaczError
 from .models.ensemble import default_spec
 from .presets import (FASTEST_LLM_LEVEL, LLM_FREE_LEVEL, SINKS, SSM_MIN_TOKENS, Preset,
@@ -56,6 +56,7 @@ class Plan:
     block_size: int
     backend: str = LLAMA  # backends.CHOICES
     device: str = "cpu"  # backends.DEVICES
+    dtype: str = DEFAULT_DTYPE  # backends.DTYPES (torch only)
 
     @property
     def level(self) -> int:
@@ -99,8 +100,9 @@ class Plan:
 
 def make_plan(model=None, level: int | None = None, streams: int | None = None,
               window: int | None = None, slide: int | None = None, sinks: int | None = None,
-              block_size: int | None = None, backend: str = LLAMA, device: str = "cpu") -> Plan:
-    require(backend, device)  # before any work: a missing torch or CUDA is one line
+              block_size: int | None = None, backend: str = LLAMA, device: str = "cpu",
+              dtype: str = DEFAULT_DTYPE) -> Plan:
+    require(backend, device, dtype)  # before any work: a missing torch or CUDA is one line
     pre = preset(level, device)
     llm_free = is_llm_free(model) or (pre.model_format == LLM_FREE and not model
                                       and backend == LLAMA)
@@ -123,4 +125,4 @@ def make_plan(model=None, level: int | None = None, streams: int | None = None,
         raise NaczError(f"block size must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} "
                         "bytes")
     return Plan(pre, llm_free, LLM_FREE if llm_free else model, streams, win, sl, sk,
-                block_size, backend, device)
+                block_size, backend, device, dtype)

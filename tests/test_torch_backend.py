@@ -230,3 +230,45 @@ def test_a_kv_cache_that_does_not_fit_is_a_one_line_error(torch_backend):
         torch_backend.reset(1 << 24)
     torch_backend.reset(2)  # the backend stays usable
     assert torch_backend.step(np.array([1, 2], dtype=np.int32)).shape[0] == 2
+
+
+def test_half_width_dtype_is_a_recorded_setting(files):
+    """--dtype bfloat16: the same round trip, identical bytes twice, the dtype in the header
+    and in the fingerprint (a file retagged as float32 is refused before decoding)."""
+    opts = codec.Options(backend="torch", dtype="bfloat16", **OPTS)
+    a = codec.compress(TEXT, opts)
+    assert codec.compress(TEXT, opts) == a
+    assert codec.inspect(a).params["backend"]["device"]["dtype"] == "bfloat16"
+    assert codec.decompress(a) == TEXT
+    # a model of about the same quality as float32 (a broken cast would not be)
+    assert len(a) < 1.05 * len(files["torch"])
+    as_f32 = dict(codec.inspect(a).params["backend"]["device"], dtype="float32")
+    with pytest.raises(MismatchError, match="fingerprint mismatch"):
+        codec.decompress(_retagged(a, backends.TORCH_NAME, as_f32))
+    unknown = dict(as_f32, dtype="float8")
+    with pytest.raises(MismatchError, match="dtype 'float8'"):
+        codec.decompress(_retagged(a, backends.TORCH_NAME, unknown))
+
+
+def test_float16_logits_stay_close_to_float32(runtime):
+    toks = runtime.tokenizer.tokenize(TEXT[:400])
+    top = {}
+    for dtype in ("float32", "float16"):
+        b = backends.make(runtime, backends.TORCH, "cpu", 64, 32, 4, threads=1, dtype=dtype)
+        assert b.describe()["dtype"] == dtype
+        b.reset(1)
+        prev, rows = runtime.model.start_token, []
+        for tok in toks.tolist():
+            out = b.step(np.array([prev], dtype=np.int32))
+            assert out.dtype == np.float32 and np.isfinite(out).all()
+            rows.append(int(out[0].argmax()))
+            prev = tok
+        top[dtype] = np.array(rows)
+    assert (top["float32"] == top["float16"]).mean() > 0.9
+
+
+def test_dtype_needs_the_torch_backend():
+    with pytest.raises(NaczError, match="--dtype bfloat16 needs --backend torch"):
+        codec.compress(TEXT, codec.Options(dtype="bfloat16", **OPTS))
+    r = run_nacz("compress", "-c", "--dtype", "float16", input=b"x")
+    assert r.returncode != 0 and "needs --backend torch" in r.stderr.decode()

@@ -15,6 +15,10 @@ from ..errors import FormatError, MismatchError, NaczError
 LLAMA, TORCH = "llama", "torch"  # the --backend choices
 CHOICES = (LLAMA, TORCH)
 DEVICES = ("cpu", "cuda")
+# The torch backend's compute dtypes (--dtype): float32 is the reference and the default;
+# the half-width ones are for GPUs' speed, and their files decode only with the same dtype.
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = "float32"
 TORCH_NAME = "torch"  # the backend name a torch file records (llama.cpp files: "llama.cpp")
 INSTALL_HINT = "pip install 'nacz[gpu]'"
 
@@ -28,26 +32,30 @@ def torch_module():
     return torch_backend
 
 
-def require(choice: str, device: str) -> None:
+def require(choice: str, device: str, dtype: str = DEFAULT_DTYPE) -> None:
     """Refuse a backend choice this installation cannot run (before any work)."""
-    if choice not in CHOICES or device not in DEVICES:
-        raise NaczError(f"unknown backend {choice!r} on {device!r}")
+    if choice not in CHOICES or device not in DEVICES or dtype not in DTYPES:
+        raise NaczError(f"unknown backend {choice!r} on {device!r} in {dtype!r}")
     if choice == LLAMA:
         if device != "cpu":
             raise NaczError("--device cuda needs --backend torch")
+        if dtype != DEFAULT_DTYPE:
+            raise NaczError(f"--dtype {dtype} needs --backend torch")
         return
     tb = torch_module()
     if device == "cuda" and not tb.cuda_available():
         raise NaczError(f"--device cuda: torch {tb.torch.__version__} sees no CUDA device here")
 
 
-def make(rt, choice: str, device: str, window: int, slide: int, sinks: int, threads: int):
-    """The backend for a runtime (model + tokenizer) and a choice from CHOICES/DEVICES."""
-    require(choice, device)
+def make(rt, choice: str, device: str, window: int, slide: int, sinks: int, threads: int,
+         dtype: str = DEFAULT_DTYPE):
+    """The backend for a runtime (model + tokenizer) and a choice from CHOICES/DEVICES
+    (and DTYPES, torch only)."""
+    require(choice, device, dtype)
     if choice == LLAMA:
         return rt.backend(window, slide, sinks, threads)
     tb = torch_module()
-    return tb.TorchBackend(tb.load_weights(rt.path, device), window, slide, sinks,
+    return tb.TorchBackend(tb.load_weights(rt.path, device, dtype), window, slide, sinks,
                            rt.model.start_token)
 
 
@@ -83,9 +91,11 @@ def fingerprint_salt(backend) -> bytes:
 
 def _needs(d: dict) -> str:
     if d.get("device") == "cuda":
-        return (f"torch {d.get('torch')} on CUDA: {d.get('gpu')}, compute capability "
-                f"{d.get('capability')}, CUDA {d.get('cuda')}, cuBLAS {d.get('cublas')}")
-    return f"torch {d.get('torch')} on the CPU ({d.get('cpu')}, {d.get('threads')} threads)"
+        return (f"torch {d.get('torch')} on CUDA in {d.get('dtype')}: {d.get('gpu')}, compute "
+                f"capability {d.get('capability')}, CUDA {d.get('cuda')}, cuBLAS "
+                f"{d.get('cublas')}")
+    return (f"torch {d.get('torch')} on the CPU in {d.get('dtype')} ({d.get('cpu')}, "
+            f"{d.get('threads')} threads)")
 
 
 def check(backend_name: str, device: dict | None) -> None:
@@ -108,9 +118,12 @@ def check(backend_name: str, device: dict | None) -> None:
     where = device.get("device")
     if where not in DEVICES:
         raise MismatchError(f"file needs torch on device {where!r}, which nacz does not know")
+    if device.get("dtype") not in DTYPES:
+        raise MismatchError(f"file needs torch in dtype {device.get('dtype')!r}, which nacz "
+                            "does not know")
     if where == "cuda" and not tb.cuda_available():
         raise MismatchError(f"file needs {_needs(device)}; this machine has no CUDA device")
-    here = tb.describe(where)
+    here = tb.describe(where, device["dtype"])
     diffs = [f"{k} {device.get(k)} (here {here.get(k)})" for k in sorted(set(device) | set(here))
              if device.get(k) != here.get(k)]
     if diffs:

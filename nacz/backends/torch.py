@@ -1,7 +1,7 @@
 """The torch backend: the same GGUF model as llama.cpp, run by torch on the CPU or a GPU.
 
 It reads the GGUF file itself (the ``gguf`` package's reader and dequantisers), keeps the
-weights in float32 and runs one batched decode step for all active streams at a time,
+weights in float32 (or, as a recorded setting, bfloat16/float16) and runs one batched decode step for all active streams at a time,
 with a preallocated KV cache per stream whose sliding window behaves as the llama.cpp
 backend's: keep the ``sinks`` first cells, drop ``slide`` cells after them, move the rest
 down and rotate their cached keys back by ``slide`` positions (llama.cpp's "K shift").
@@ -36,7 +36,11 @@ import torch.nn.functional as F  # noqa: E402
 from ..errors import NaczError  # noqa: E402
 
 NAME = "torch"
-DTYPE = "float32"  # the only compute dtype so far (recorded in the header)
+# Compute dtypes by name (backends.DTYPES; recorded in the header). float32 is the
+# reference; in the others the weights, activations and KV cache are half-width while the
+# RMS norms' statistics stay in float32, and logits and hidden states leave as float32.
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE = "float32"  # the default
 # Intra-op threads on the CPU: a constant, never the machine's core count, because a
 # matrix product's reduction may be split differently with another count. One thread: on
 # a busy 2-core machine a step of 3 streams took 252 ms with 1 thread, 1.9-7.0 s with 2
@@ -70,9 +74,9 @@ def _cublas_version() -> str:
     return "unknown"
 
 
-def describe(device: str) -> dict:
+def describe(device: str, dtype: str = DTYPE) -> dict:
     """What the logits depend on besides the model, as short strings (header + fingerprint)."""
-    d = {"torch": torch.__version__, "device": device, "dtype": DTYPE}
+    d = {"torch": torch.__version__, "device": device, "dtype": dtype}
     if device == "cpu":
         d["cpu"] = torch.backends.cpu.get_cpu_capability()
         d["threads"] = str(CPU_THREADS)
@@ -85,9 +89,12 @@ def describe(device: str) -> dict:
 
 # -- the model --------------------------------------------------------------------------
 class TorchWeights:
-    """A Llama-family GGUF's hyper-parameters and float32 weights on one device."""
+    """A Llama-family GGUF's hyper-parameters and weights on one device, in one dtype."""
 
-    def __init__(self, path: Path, device: str):
+    def __init__(self, path: Path, device: str, dtype: str = DTYPE):
+        if dtype not in TORCH_DTYPES:
+            raise NaczError(f"unknown torch dtype {dtype!r}")
+        self.dtype_name, self.dtype = dtype, TORCH_DTYPES[dtype]
         try:
             from gguf import GGUFReader
             from gguf.quants import dequantize
@@ -127,7 +134,8 @@ class TorchWeights:
             for t in reader.tensors:
                 if t.name == name:
                     arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-                    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C")).to(self.device)
+                    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C")).to(
+                        self.device, dtype=self.dtype)
             return None
 
         def need(name: str):
@@ -149,14 +157,15 @@ class TorchWeights:
                 "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")})
 
 
-def load_weights(path: Path, device: str) -> TorchWeights:
-    """Weights of one model on one device, loaded once per process (the last one kept)."""
+def load_weights(path: Path, device: str, dtype: str = DTYPE) -> TorchWeights:
+    """Weights of one model on one device in one dtype, loaded once per process (the last
+    one kept)."""
     st = Path(path).stat()
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, device)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, device, dtype)
     with _lock:
         if key not in _weights_cache:
             _weights_cache.clear()
-            _weights_cache[key] = TorchWeights(Path(path), device)
+            _weights_cache[key] = TorchWeights(Path(path), device, dtype)
         return _weights_cache[key]
 
 
@@ -182,7 +191,9 @@ def _rotate(x, cos, sin):
 
 
 def _rms_norm(x, weight, eps: float):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    # the statistic in float32 whatever the dtype (.float() and .to() are no-ops in float32)
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
 # -- the backend ------------------------------------------------------------------------
@@ -204,16 +215,17 @@ class TorchBackend:
         self.window, self.slide, self.sinks = window, slide, sinks
         self.start_token = start_token
         cos, sin = _rope_table(np.arange(window), weights.head_dim, weights.rope_base)
-        self._cos = torch.from_numpy(cos).to(self.device)
-        self._sin = torch.from_numpy(sin).to(self.device)
+        dt = weights.dtype
+        self._cos = torch.from_numpy(cos).to(self.device, dtype=dt)
+        self._sin = torch.from_numpy(sin).to(self.device, dtype=dt)
         cos, sin = _rope_table(np.array([-slide]), weights.head_dim, weights.rope_base)
-        self._shift_cos = torch.from_numpy(cos[0]).to(self.device)
-        self._shift_sin = torch.from_numpy(sin[0]).to(self.device)
+        self._shift_cos = torch.from_numpy(cos[0]).to(self.device, dtype=dt)
+        self._shift_sin = torch.from_numpy(sin[0]).to(self.device, dtype=dt)
         self._k = self._v = None
         self._n_streams = 0
 
     def describe(self) -> dict:
-        return describe(self.device.type)
+        return describe(self.device.type, self.w.dtype_name)
 
     @property
     def hidden_size(self) -> int:
@@ -227,11 +239,11 @@ class TorchBackend:
         self._k = self._v = None  # free the old cache first
         shape = (w.n_layers, n_streams, w.n_kv_heads, self.window, w.head_dim)
         try:
-            self._k = torch.zeros(shape, dtype=torch.float32, device=self.device)
-            self._v = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            self._k = torch.zeros(shape, dtype=w.dtype, device=self.device)
+            self._v = torch.zeros(shape, dtype=w.dtype, device=self.device)
         except RuntimeError as e:  # torch.OutOfMemoryError on CUDA, a RuntimeError on CPU
             self._k = self._v = None
-            gib = 2 * 4 * np.prod(shape, dtype=np.float64) / 2**30
+            gib = 2 * w.embed.element_size() * np.prod(shape, dtype=np.float64) / 2**30
             raise NaczError(f"the KV cache of {n_streams} streams x window {self.window} "
                             f"({gib:.1f} GiB) does not fit in {self.device.type} memory "
                             "here; compress with fewer --streams or a smaller --block-size "
@@ -280,9 +292,9 @@ class TorchBackend:
         rows = np.arange(active) if want is None else np.flatnonzero(want)
         if rows.size:
             h = _rms_norm(x[torch.from_numpy(rows).to(self.device)], w.output_norm, w.eps)
-            out[rows] = F.linear(h, w.output).cpu().numpy()
+            out[rows] = F.linear(h, w.output).float().cpu().numpy()
             if self._hidden is not None:
-                self._hidden[rows] = h.cpu().numpy()
+                self._hidden[rows] = h.float().cpu().numpy()
         return out
 
     def hidden_states(self, active: int) -> np.ndarray:
