@@ -30,6 +30,7 @@ CHECK_STREAMS=${CHECK_STREAMS:-256}
 DEVICE=${DEVICE:-cuda}
 INPUT_BYTES=${INPUT_BYTES:-1000000}
 WINDOW=${WINDOW:-1024}
+DTYPES=${DTYPES:-float32,bfloat16}  # the stage timings' dtypes (the 1 MB check: float32)
 WORK=${WORK:-$(mktemp -d)}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -62,8 +63,10 @@ EOF
 
 # -- 2. per-stage costs ------------------------------------------------------------------
 say "stages (bench/stages.py, $STEPS steps per stream count, first one warm-up)"
-"$PY" bench/stages.py --backend torch --device "$DEVICE" --streams "$STREAMS" --steps "$STEPS" \
-    --window "$WINDOW"
+for dt in ${DTYPES//,/ }; do  # float32 (the default), then the faster dtype(s) to weigh
+    "$PY" bench/stages.py --backend torch --device "$DEVICE" --dtype "$dt" \
+        --streams "$STREAMS" --steps "$STEPS" --window "$WINDOW"
+done
 
 # -- 3. 1 MB twice on cuda: identical bytes, exact round trip ---------------------------
 IN="$WORK/input.txt"

@@ -1,6 +1,7 @@
 """Where the time goes per token, stage by stage, at a given number of streams.
 
 Usage: python bench/stages.py [--backend llama|torch] [--device cpu|cuda] [--streams 256]
+                              [--dtype float32|bfloat16|float16]
                               [--steps 6] [--window 1024] [--bytes-file FILE] [--model PATH]
                               [--ensemble-threads 1,2]
 
@@ -86,7 +87,7 @@ def measure(rt, args, n_streams: int) -> dict:
     matrix = toks.reshape(n_streams, args.steps)
     table = {s: [] for s in STAGES}
     backend = backends.make(rt, args.backend, args.device, args.window, args.window // 2,
-                            SINKS, threads=codec.default_threads())
+                            SINKS, threads=codec.default_threads(), dtype=args.dtype)
     # the default level's ensemble: preset 5 reads the LLM's hidden states (engine.run then
     # asks the backend for them, and llama.cpp outputs every row)
     ensemble = make_ensemble(default_spec(n_tokens, uses_llm=True, hidden=backend.hidden_size),
@@ -125,6 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=backends.CHOICES, default="llama")
     ap.add_argument("--device", choices=backends.DEVICES, default="cpu")
+    ap.add_argument("--dtype", choices=backends.DTYPES, default=backends.DEFAULT_DTYPE,
+                    help="the torch backend's compute dtype")
     ap.add_argument("--streams", default="256", help="comma-separated stream counts")
     ap.add_argument("--steps", type=int, default=6, help="steps per measurement (first: warm-up)")
     ap.add_argument("--window", type=int, default=1024)
@@ -137,7 +140,7 @@ def main() -> None:
         ap.error("--steps must be at least 2 (the first is a warm-up)")
     rt = codec.load_runtime(args.model, "q8_0")
     cols = (*STAGES, "python")
-    print(f"backend {args.backend} on {args.device}, model {rt.path.name}, window "
+    print(f"backend {args.backend} on {args.device} in {args.dtype}, model {rt.path.name}, window "
           f"{args.window}, {args.steps - 1} timed steps; microseconds per token")
     print("| streams | ensemble threads | " + " | ".join(cols) + " | tokens/s |")
     print("|---:|---:|" + "---:|" * (len(cols) + 1))

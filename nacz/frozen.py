@@ -3,9 +3,11 @@
 Changing one of these makes existing files decode differently or be refused, so it is a
 format version bump (with a note), never an edit. Each is pinned by a test:
 
-- ``PROBE_TEXT``, ``PROBE_PRESET`` and ``PROBE_PRESET_HIDDEN``: the backend fingerprint in every header is a hash
-  of the LLM's logits and of a small ensemble's probabilities over this probe, with this
-  mixer preset (codec.py); pinned by tests/test_frozen.py.
+- ``PROBE_TEXT``, ``PROBE_PRESET`` and ``PROBE_PRESET_HIDDEN``: the backend fingerprint in
+  every header is a hash of the LLM's logits and of a small ensemble's probabilities over
+  this probe, with this mixer preset (the hidden one for ensembles that read the LLM's
+  hidden states, whose hidden states on the probe are hashed too; codec.py); pinned by
+  tests/test_frozen.py.
 - ``SSM_SEED`` and the rest of the SSM's default spec: the probe's ensemble of an SSM file
   uses the default spec, so it enters the fingerprint; pinned by tests/test_frozen.py.
 - ``CODER_SPEC``: the range coder every file names in its header; tests/test_frozen.py.

@@ -1,8 +1,8 @@
 """The torch backend: the same GGUF model as llama.cpp, run by torch on the CPU or a GPU.
 
 It reads the GGUF file itself (the ``gguf`` package's reader and dequantisers), keeps the
-weights in float32 (or, as a recorded setting, bfloat16/float16) and runs one batched decode step for all active streams at a time,
-with a preallocated KV cache per stream whose sliding window behaves as the llama.cpp
+weights in float32 (or, as a recorded setting, bfloat16/float16) and runs one batched
+decode step for all active streams at a time, with a preallocated KV cache per stream whose sliding window behaves as the llama.cpp
 backend's: keep the ``sinks`` first cells, drop ``slide`` cells after them, move the rest
 down and rotate their cached keys back by ``slide`` positions (llama.cpp's "K shift").
 
