@@ -3,8 +3,9 @@
 It reads the GGUF file itself (the ``gguf`` package's reader and dequantisers), keeps the
 weights in float32 (or, as a recorded setting, bfloat16/float16) and runs one batched
 decode step for all active streams at a time, with a preallocated KV cache per stream
-whose sliding window behaves as the llama.cpp backend's: keep the ``sinks`` first cells, drop ``slide`` cells after them, move the rest
-down and rotate their cached keys back by ``slide`` positions (llama.cpp's "K shift").
+whose sliding window behaves as the llama.cpp backend's: keep the ``sinks`` first cells,
+drop ``slide`` cells after them, move the rest down and rotate their cached keys back by
+``slide`` positions (llama.cpp's "K shift").
 
 Determinism: every batch shape is a function of the header (active streams and position
 at each step follow from the stream lengths, window and slide), deterministic algorithms
