@@ -14,7 +14,8 @@ from nacz.errors import FormatError
 from nacz.models import lowrank, mixed
 from nacz.models.ensemble import default_spec as ensemble_spec, hidden_size_of, probe_kind
 from nacz.models.mixed import MixedEnsemble
-from test_models_mixed import SMALL_V, assert_symmetric, drive, repetitive_tokens, small_spec
+from test_models_mixed import (SMALL_V, assert_symmetric, drive, probs_digest,
+                               repetitive_tokens, small_spec)
 
 H = 24  # a small hidden size for the synthetic tests
 
@@ -193,10 +194,7 @@ def test_golden_probabilities_with_lowrank():
     computes needs a new preset."""
     tokens = repetitive_tokens(900, SMALL_V, seed=9)
     probs = assert_symmetric(lowrank_spec(), SMALL_V, tokens, 3, llm="skip")
-    h = hashlib.sha256()
-    for p in probs:
-        h.update(np.ascontiguousarray(p, dtype="<f8").tobytes())
-    assert h.hexdigest() == GOLDEN_LOWRANK_DIGEST
+    assert probs_digest(probs) == GOLDEN_LOWRANK_DIGEST
 
 
 GOLDEN_LOWRANK_DIGEST = "b8bfb38c51c8cd234e04ffbeac8a7c2e1f12331b70348d96993cd0c1632fe373"

@@ -2,6 +2,7 @@
 validation, parts switched off, learning, LLM-free mode, the confidence skip, memory."""
 
 import copy
+import hashlib
 import json
 import math
 
@@ -87,6 +88,15 @@ def small_spec(n_tokens=2000, vocab=SMALL_V, **kw):
         if "det_permille" in spec["skip"]:
             spec["skip"].update(det_min_tries=4, det_permille=900)
     return spec
+
+
+def probs_digest(probs) -> str:
+    """SHA-256 of a run's probability rows as little-endian float64, step after step (the
+    golden-probability tests pin a part's arithmetic with it)."""
+    h = hashlib.sha256()
+    for p in probs:
+        h.update(np.ascontiguousarray(p, dtype="<f8").tobytes())
+    return h.hexdigest()
 
 
 def assert_symmetric(spec, vocab, tokens, n_streams, **kw):
@@ -387,7 +397,6 @@ def test_golden_probabilities():
     spec, so any change in what the kernels compute makes old files undecodable and must
     come with a new ensemble version. (They depend on libm's exp/log, as the LLM's
     softmax does: the backend fingerprint covers the machine side.)"""
-    import hashlib
     V, S, n = SMALL_V, 3, 700
     phrase = (_lcg(40, 1) % V).astype(np.int32)
     tokens = np.resize(phrase, n)
@@ -447,7 +456,6 @@ PRESET_3_DIGEST = "757892c8c32761fd98caf092f10e5b3e21f23efd06b405d2e21d3e9b0951a
 
 
 def _preset_expansions(preset):
-    import hashlib
     h = hashlib.sha256()
     for vocab in (600, 49152):
         for n in (1, 993, 4096, 123_457, 3_000_000, 10_000_000, 1 << 40):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
@@ -12,7 +11,7 @@ import pytest
 from nacz.errors import FormatError
 from nacz.models import mixed, sse
 from nacz.models.mixed import MixedEnsemble
-from test_models_mixed import (SMALL_V, _preset_expansions, assert_symmetric,
+from test_models_mixed import (SMALL_V, _preset_expansions, assert_symmetric, probs_digest,
                                repetitive_tokens, small_spec)
 
 PRESET_4_DIGEST = "7b2849a128a6b655fa7467386086c8fd3993291f2a1ab6f7f12807418752c37a"
@@ -102,10 +101,7 @@ def test_golden_probabilities_with_sse():
     pins preset 2's): any change in what the stage computes needs a new preset."""
     tokens = repetitive_tokens(900, SMALL_V, seed=9)
     probs = assert_symmetric(sse_spec(), SMALL_V, tokens, 3, llm="skip")
-    h = hashlib.sha256()
-    for p in probs:
-        h.update(np.ascontiguousarray(p, dtype="<f8").tobytes())
-    assert h.hexdigest() == GOLDEN_SSE_DIGEST
+    assert probs_digest(probs) == GOLDEN_SSE_DIGEST
     assert math.isfinite(sum(float(p.sum()) for p in probs))
 
 
